@@ -1,0 +1,107 @@
+"""Plumbing shared by every trainer: seeding, failure handling, checkpoints, logging.
+
+The algorithms themselves live in their own files; this file holds only what
+would otherwise be copied into each of them.
+
+- ``run_guard(run)``: a context manager that marks the run ``finished`` on success
+  and ``failed`` with a one-line explanation on any exception (CUDA out of memory,
+  a non-finite loss, bad data), leaving the last checkpoint and metrics intact.
+- ``check_finite(loss, step)``: raises ``NonFiniteLossError`` naming the step.
+- ``Logger``: forwards metrics to the run store, the ``on_log`` callback and, when
+  configured, ``accelerate`` trackers (TensorBoard, W&B, trackio).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from typing import Any, Callable
+
+from core.metrics import is_defined
+from core.runstore import Run
+
+OnLog = Callable[[int, dict], Any]
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class TrainingError(RuntimeError):
+    """A training failure with a message for the user (what happened and what to change)."""
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_finite(loss, step: int) -> None:
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise NonFiniteLossError(
+            f"the loss became {value} at step {step}. Lower the learning rate, clip gradients (max_grad_norm), "
+            "or check the data for empty responses; the run stopped and its last checkpoint is kept."
+        )
+
+
+def explain_exception(exc: BaseException) -> str:
+    """One user-facing line for a training failure."""
+    text = str(exc)
+    if exc.__class__.__name__ == "OutOfMemoryError" or "out of memory" in text.lower():
+        return ("out of memory: lower batch_size or max_length (or raise gradient_accumulation_steps), "
+                "or turn on LoRA; the last checkpoint and metrics are kept.")
+    if isinstance(exc, (NonFiniteLossError, TrainingError)):
+        return text
+    return f"{exc.__class__.__name__}: {text}"
+
+
+@contextlib.contextmanager
+def run_guard(run: Run):
+    """Mark ``run`` finished on success, failed (with the reason) on any exception, then re-raise."""
+    try:
+        yield run
+    except BaseException as exc:
+        run.set_status("failed", error=explain_exception(exc))
+        raise
+    else:
+        run.set_status("finished")
+
+
+class Logger:
+    """Send each metrics dict to the run store, the callback and optional trackers."""
+
+    def __init__(self, run: Run | None, on_log: OnLog | None = None, accelerator=None):
+        self.run, self.on_log, self.accelerator = run, on_log, accelerator
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        undefined = [k for k in metrics if not is_defined(k)]
+        if undefined:
+            raise KeyError(f"metrics {undefined} are not defined in core/metrics.py")
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if self.run is not None:
+            self.run.log_metrics(step, metrics)
+            self.run.set_status("running", step=step)
+        if self.accelerator is not None and self.accelerator.trackers:
+            self.accelerator.log(metrics, step=step)
+        if self.on_log is not None:
+            self.on_log(step, metrics)
+
+
+def available_trackers(requested: str | None) -> list[str]:
+    """Trackers for ``Accelerator(log_with=...)``: the requested ones that are installed ("" or None: none)."""
+    if not requested:
+        return []
+    import importlib.util
+
+    module = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+    names = [t.strip() for t in requested.split(",") if t.strip()]
+    missing = [t for t in names if importlib.util.find_spec(module.get(t, t)) is None]
+    if missing:
+        raise TrainingError(f"tracker(s) {missing} requested but not installed: pip install {' '.join(missing)}")
+    return names
