@@ -35,6 +35,7 @@ METRICS: dict[str, str] = {
     "val/mean": "mean value estimate V(s_t) over response tokens",
     "ppo/early_stopped": "1 if the update epochs stopped early because approx KL passed the threshold",
     "ppo/returns_mean": "mean GAE return over response tokens",
+    "ppo/no_eos_rate": "fraction of rollouts that reached max_new_tokens without an EOS (kept, not penalised)",
     "ppo/advantages_mean": "mean GAE advantage over response tokens (before whitening)",
     "rewards/{component}": "mean over sequences of Σ_t r_k,t for reward component k (unweighted)",
     "rewards/{component}_weight": "w_k, the weight of component k in the total reward",
@@ -48,6 +49,9 @@ METRICS: dict[str, str] = {
     # --- reward model (core/trainers/reward.py)
     "rm/accuracy": "fraction of pairs with r(chosen) > r(rejected)",
     "rm/margin": "mean of r(chosen) − r(rejected)",
+    # --- fine-grained C1/C2 reward models (core/rewards/finegrained.py)
+    "fg/accuracy": "fraction of segments whose predicted label (error iff P(error) ≥ threshold) equals the human label",
+    "fg/f1": "F1 of the erroneous class: 2·TP / (2·TP + FP + FN) over segments",
     # --- shared
     "loss": "the optimised loss for this step (mean over the batch)",
     "lr": "learning rate at this step",

@@ -1,0 +1,108 @@
+"""Benchmark: the "short PPO" of the app's reward-weight lab, phase by phase.
+
+What it does: runs `core.trainers.ppo.short_ppo_config()` (SmolLM2-135M-Instruct, LoRA,
+3 iterations x 8 prompts, 24 new tokens) and prints the seconds of each phase per
+iteration (generation, forward = old log-probs/values + reference pass, scoring =
+reward components, update = PPO epochs), the total wall time including model loading,
+and which phase dominates. With --ablate it also times the slow alternatives this
+trainer avoids, on the same batch:
+  - generation without the KV cache (use_cache=False: every new token re-runs the whole prefix);
+  - a duplicate forward pass (old log-probs and values recomputed separately);
+  - a frozen reference copy instead of the adapter-disabled policy (extra memory and load time).
+
+What it leaves out: GPU timings (run it on one to get them), accuracy.
+
+    python bench/ppo_short.py                  # the short PPO, phase table
+    python bench/ppo_short.py --ablate         # + the before/after of each optimisation
+    python bench/ppo_short.py --prompts demo   # without ../shared/data
+Results are recorded in docs/benchmarks.md (## Short PPO).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PHASES = ("generation", "forward", "scoring", "update")
+
+
+def run_short(prompts: str) -> dict:
+    from core.trainers.ppo import short_ppo_config, train_ppo
+
+    rows = []
+    t0 = time.perf_counter()
+    run = train_ppo(short_ppo_config(prompts=prompts), on_log=lambda step, m: rows.append((step, m)))
+    wall = time.perf_counter() - t0
+    print(f"{'iter':>4} " + " ".join(f"{p + '_s':>13}" for p in PHASES) + f" {'step_s':>8}")
+    for step, m in rows:
+        print(f"{step:>4} " + " ".join(f"{m[f'time/{p}_s']:>13.2f}" for p in PHASES) + f" {m['time/step_s']:>8.2f}")
+    totals = {p: sum(m[f"time/{p}_s"] for _, m in rows) for p in PHASES}
+    steps = sum(m["time/step_s"] for _, m in rows)
+    print("total " + " ".join(f"{totals[p]:>13.2f}" for p in PHASES) + f" {steps:>8.2f}")
+    dominant = max(totals, key=totals.get)
+    print(f"wall time (incl. loading, setup): {wall:.1f} s; dominant phase: {dominant} "
+          f"({100 * totals[dominant] / steps:.0f}% of the iterations)")
+    print(f"run: {run.path}")
+    return {"wall": wall, **totals}
+
+
+def ablate(prompts: str, max_new_tokens: int = 24, batch: int = 8) -> None:
+    import torch
+
+    from core.models import DEFAULT_MODEL, apply_lora, load_causal_lm, load_tokenizer
+    from core.trainers.ppo import PolicyWithValue, load_prompts
+    from core.trainers.rollout import generate, score_tokens
+
+    tok = load_tokenizer(DEFAULT_MODEL)
+    policy = apply_lora(load_causal_lm(DEFAULT_MODEL, device="cpu"))
+    model = PolicyWithValue(policy).eval()
+    batch_prompts = load_prompts(prompts, batch, 0)
+    enc = tok(batch_prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def timed(fn, repeat=2):
+        best = float("inf")
+        for _ in range(repeat):
+            t = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    def gen(use_cache):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            policy.generate(**enc, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=True,
+                            top_k=0, use_cache=use_cache, pad_token_id=tok.pad_token_id)
+
+    cached, uncached = timed(lambda: gen(True)), timed(lambda: gen(False))
+    print(f"generation {batch} x {max_new_tokens} tokens: KV cache {cached:.2f} s, no cache {uncached:.2f} s")
+    torch.manual_seed(0)
+    ro = generate(policy, tok, batch_prompts, max_new_tokens=max_new_tokens)
+    one = timed(lambda: score_tokens(model, ro, no_grad=True))
+    print(f"old log-probs + values: one pass {one:.2f} s; two separate passes {2 * one:.2f} s (estimate)")
+    t = time.perf_counter()
+    load_causal_lm(DEFAULT_MODEL, device="cpu").eval().requires_grad_(False)
+    print(f"frozen reference copy: +{time.perf_counter() - t:.2f} s to load, "
+          f"+{sum(p.numel() for p in policy.parameters()) * 4 / 2**20:.0f} MiB; adapter-disabled policy: 0")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompts", default="davidson", help="prompt set (davidson, demo, or a file)")
+    parser.add_argument("--ablate", action="store_true", help="also time the slow alternatives")
+    args = parser.parse_args()
+    import torch
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+          f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
+    run_short(args.prompts)
+    if args.ablate:
+        ablate(args.prompts)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Saving, finding and loading trained reward models: ordinary Hugging Face folders plus one metadata file.
+
+What it is: a trained reward model lives in ``cache_dir()/"reward_models"/<name>/`` as
+
+    config.json, model.safetensors           save_pretrained: loads with from_pretrained
+    tokenizer.json, tokenizer_config.json    the reward model's own tokenizer
+    workbench_reward.json                    what the workbench needs to use it:
+        kind           "preference" | "finegrained" | "toxicity"
+        category       None | "C1" | "C2" | "C3"
+        level          "sequence" | "sentence" | "subsentence" | "token"
+        name           component name in TokenRewards (e.g. "holistic", "c1_relevance")
+        format, separator, max_length    how (prompt, response) becomes text (preference_rm.format_pair)
+        normalisation  {"mean", "std"} of the raw scores on the training set; the
+                       component returns (score - mean) / std
+        training       data, sizes, held-out figures, config, seconds
+        (finegrained)  positive_reward, negative_reward, threshold
+
+Frozen backbone + trained head: we still save the FULL model (backbone + head),
+~540 MB for SmolLM2-135M in fp32. Choice: one format that any tool opens with
+``from_pretrained`` (the PPO trainer, the app, a notebook), at the cost of disk; a
+LoRA model is merged before saving, for the same reason.
+
+Writes are atomic: everything goes to a hidden temporary folder beside the target,
+which is renamed over it only once complete; on any exception the temporary folder
+is deleted and an existing model at the target is left untouched.
+
+What it leaves out: toxicity scorers (``core.rewards.toxicity`` owns their format;
+this module lists them but does not load them), uploading to the Hub.
+
+    from core.rewards.store import save_reward_model, load_reward_component, list_reward_models
+    save_reward_model(model, tokenizer, {"kind": "preference", "level": "sequence", ...}, folder)
+    rm = load_reward_component(folder)        # PreferenceReward / FineGrainedReward
+    [m["path"] for m in list_reward_models()]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from core.paths import cache_dir
+
+META_FILE = "workbench_reward.json"
+KINDS = ("preference", "finegrained", "toxicity")
+CATEGORIES = (None, "C1", "C2", "C3")
+LEVELS = ("sequence", "sentence", "subsentence", "token")
+
+
+class RewardModelError(RuntimeError):
+    """A reward model folder is missing, incomplete or of an unknown kind; the message names the folder."""
+
+
+def reward_models_dir() -> Path:
+    """Default root of saved reward models: ``cache_dir()/"reward_models"``."""
+    return cache_dir() / "reward_models"
+
+
+def _check_meta(meta: dict) -> dict:
+    meta = dict(meta)
+    if meta.get("kind") not in KINDS:
+        raise ValueError(f"meta['kind'] must be one of {KINDS}, got {meta.get('kind')!r}")
+    if meta.get("category") not in CATEGORIES:
+        raise ValueError(f"meta['category'] must be one of {CATEGORIES}, got {meta.get('category')!r}")
+    if meta.get("level") not in LEVELS:
+        raise ValueError(f"meta['level'] must be one of {LEVELS}, got {meta.get('level')!r}")
+    norm = meta.setdefault("normalisation", {"mean": 0.0, "std": 1.0})
+    if not (isinstance(norm, dict) and float(norm.get("std", 1.0)) > 0):
+        raise ValueError(f"meta['normalisation'] must be {{'mean', 'std' > 0}}, got {norm!r}")
+    meta.setdefault("format", "text")
+    meta.setdefault("created", time.time())
+    return meta
+
+
+def save_reward_model(model, tokenizer, meta: dict[str, Any], folder: str | Path) -> Path:
+    """Save ``model`` (full weights, safetensors), ``tokenizer`` and ``meta`` to ``folder`` atomically.
+
+    A peft (LoRA) model is merged into its base first (this modifies ``model``).
+    Returns the folder. On failure nothing is left at a new folder, and an existing
+    one keeps its previous contents.
+    """
+    from core.runstore import _jsonable
+
+    meta = _check_meta(meta)
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
+            model = model.merge_and_unload()
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / META_FILE).write_text(json.dumps(_jsonable(meta), indent=2))
+        if folder.exists():
+            os.replace(folder, old)
+        try:
+            os.replace(tmp, folder)
+        except BaseException:
+            if old.exists():
+                os.replace(old, folder)  # put the previous model back
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def read_meta(folder: str | Path) -> dict:
+    """The ``workbench_reward.json`` of a saved reward model (RewardModelError if absent or unreadable)."""
+    path = Path(folder) / META_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RewardModelError(f"{folder} is not a saved reward model (no {META_FILE})") from None
+    except ValueError as exc:
+        raise RewardModelError(f"{path} is not valid JSON ({exc})") from None
+
+
+def list_reward_models(root: str | Path | None = None) -> list[dict]:
+    """Saved reward models under ``root`` (default ``reward_models_dir()``), newest first.
+
+    Each entry is its metadata plus ``path``. Temporary folders of a save in progress
+    and folders without readable metadata are skipped.
+    """
+    root = Path(root) if root is not None else reward_models_dir()
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        if not p.is_dir() or p.name.startswith("."):
+            continue
+        try:
+            meta = read_meta(p)
+        except RewardModelError:
+            continue
+        out.append({**meta, "path": str(p)})
+    return sorted(out, key=lambda m: m.get("created", 0), reverse=True)
+
+
+def load_reward_component(folder: str | Path, device=None, redistribute: bool = False, **kwargs):
+    """A ``RewardComponent`` for a saved reward model.
+
+    kind "preference" -> ``PreferenceReward`` (sequence level), or with
+    redistribute=True a ``RedistributedReward`` (token level, RED);
+    kind "finegrained" -> ``FineGrainedReward`` (C1 sub-sentence / C2 sentence).
+    kwargs go to the component (e.g. name=, batch_size=).
+    """
+    folder = Path(folder)
+    meta = read_meta(folder)
+    kind = meta.get("kind")
+    if kind == "preference":
+        from core.models import load_reward_model, load_tokenizer
+
+        model = load_reward_model(str(folder), device=device)
+        tok = load_tokenizer(str(folder))
+        if redistribute:
+            from core.rewards.redistribution import RedistributedReward
+
+            return RedistributedReward(model, tok, meta, **kwargs)
+        from core.rewards.preference_rm import PreferenceReward
+
+        return PreferenceReward(model, tok, meta, **kwargs)
+    if kind == "finegrained":
+        if redistribute:
+            raise RewardModelError(f"{folder}: redistribution applies to holistic (preference) models, not {kind}")
+        from core.rewards.finegrained import FineGrainedReward
+
+        return FineGrainedReward.from_folder(folder, device=device, **kwargs)
+    raise RewardModelError(
+        f"{folder}: reward models of kind {kind!r} are not loaded here "
+        f"(toxicity scorers are loaded by core.rewards.toxicity; known kinds: preference, finegrained)"
+    )

@@ -1,0 +1,548 @@
+"""PPO for language models with dense multi-component rewards, per-token KL, GAE and the ptx term.
+
+Papers: PPO (Schulman et al. 2017, "Proximal Policy Optimization Algorithms"); PPO for
+LMs with a per-token KL penalty (Ziegler et al. 2019, "Fine-Tuning Language Models from
+Human Preferences"); PPO-ptx (Ouyang et al. 2022, "Training language models to follow
+instructions with human feedback", eq. 2); dense fine-grained rewards (Wu et al. 2023,
+"Fine-Grained Human Feedback Gives Better Rewards for Language Model Training", eq. 1).
+
+The objective (InstructGPT eq. 2, with Wu et al.'s dense reward):
+
+    maximise  E_{x, y ~ pi}[ sum_t ( sum_k w_k r^k_t  -  beta * KL_t ) ]  +  gamma_ptx * E_{x ~ D_ptx}[ log pi(x) ]
+    KL_t = log pi(y_t | s_t) - log pi_ref(y_t | s_t)    (k1; or k3, Schulman 2020)
+
+optimised with PPO's clipped surrogate on GAE advantages of that shaped reward:
+
+    L = -mean_t min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)  +  vf_coef * L_value  -  gamma_ptx * mean log pi(x_ptx)
+
+One iteration, the phases below in `train_ppo`:
+    1 rollout     sample responses (KV-cached generate), one pass for old log-probs + values,
+                  one inference pass for reference log-probs   (core.trainers.rollout)
+    2 score       every reward component -> TokenRewards; r_t = sum_k w_k r^k_t   (core.rewards.tensor)
+    3 shape       r_t - beta * KL_t, fixed or adaptive beta, optional whitening   (core.rl)
+    4 advantages  GAE + whitening                                                  (core.rl)
+    5 update      epochs x minibatches of the clipped losses (+ ptx)              (core.losses)
+    6 log         TRL metric names (core/metrics.py) + per-token samples for the app
+    7 eval/save   held-out evaluation (core.evaluation), checkpoint
+
+Deviations from the papers: the ptx term uses a small text set (QA-Feedback answers,
+the demo set or your file) instead of the pretraining mix; the reference policy is the
+LoRA backbone with adapters disabled (one model in memory) when lora=True; a response
+that reaches max_new_tokens without EOS is kept (flagged in `ppo/no_eos_rate`, not
+penalised); the value head shares the policy backbone by default (InstructGPT uses a
+separate value model initialised from the RM: value_model="separate" gives a separate
+scalar-head model initialised from the policy's weights); under DDP each process
+logs its own batch and only the main one writes.
+
+What it leaves out: reward models themselves (core.rewards), LR schedules, vLLM.
+
+Run it:
+    python -m core.trainers.ppo --help
+    python -m core.trainers.ppo --prompts davidson --rewards toxicity_sentence --num-iterations 20
+    accelerate launch -m core.trainers.ppo ...           # DDP, bf16 on GPU, no code change
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.checkpoint import load_optimizer_tensors, load_trainable_state_dict, rng_state, set_rng_state, trainable_state_dict
+from core.losses import ppo_policy_loss, ppo_value_loss, ptx_loss
+from core.models import DEFAULT_MODEL
+from core.rl import AdaptiveKLController, FixedKLController, gae, kl_penalized_rewards, masked_mean, masked_whiten
+from core.runstore import Run
+from core.trainers.common import Logger, TrainingError, available_trackers, check_finite, run_guard, seed_everything
+from core.trainers.rollout import Rollout, generate, score_tokens
+
+
+@dataclass
+class PPOConfig:
+    model_name_or_path: str = DEFAULT_MODEL
+    """policy model: an alias, a local folder or a Hugging Face id"""
+    prompts: str = "davidson"
+    """prompt set: 'davidson' (openings of offensive tweets), 'demo', 'hh-rlhf', or a .txt (one per line) / .jsonl ('prompt') path"""
+    num_prompts: int = 32
+    """training prompts"""
+    eval_prompts: int = 16
+    """held-out prompts for evaluation (taken after the training ones; 0 = no evaluation)"""
+    rewards: str = "toxicity_sentence"
+    """comma list of reward components: toxicity | toxicity_sentence | NAME=RM_FOLDER | NAME=redistributed:RM_FOLDER | module:function"""
+    weights: str = ""
+    """comma list name=w of reward weights, e.g. 'toxicity_sentence=1.0,holistic=0.5' (unnamed = 1.0)"""
+    kl_coef: float = 0.05
+    """beta, the per-token KL penalty coefficient (initial value if adaptive_kl)"""
+    kl_estimator: str = "k1"
+    """per-token KL estimator in the reward: 'k1' (log ratio) or 'k3' ((r - 1) - log r)"""
+    adaptive_kl: bool = False
+    """adapt beta towards kl_target (Ziegler et al. 2019)"""
+    kl_target: float = 6.0
+    """target of the adaptive controller: KL per sequence (nats)"""
+    kl_horizon: int = 10000
+    """horizon of the adaptive controller (samples)"""
+    whiten_rewards: bool = False
+    """whiten the shaped rewards over the batch (scale only, mean kept; as TRL)"""
+    whiten_advantages: bool = True
+    """whiten the advantages over the batch"""
+    gamma: float = 1.0
+    """discount"""
+    lam: float = 0.95
+    """GAE lambda"""
+    cliprange: float = 0.2
+    """PPO ratio clip epsilon"""
+    cliprange_value: float = 0.2
+    """value clip epsilon"""
+    vf_coef: float = 0.1
+    """weight of the value loss"""
+    ppo_epochs: int = 4
+    """update epochs over each batch of rollouts"""
+    batch_size: int = 8
+    """rollouts (prompts) per iteration, per process"""
+    minibatch_size: int = 4
+    """rollouts per optimizer step"""
+    gradient_accumulation_steps: int = 1
+    """micro-batches per minibatch (minibatch_size must be divisible by it)"""
+    learning_rate: float = 1e-4
+    """Adam learning rate (constant)"""
+    max_grad_norm: float = 1.0
+    """gradient clipping norm"""
+    max_new_tokens: int = 24
+    """response length limit"""
+    max_prompt_tokens: int = 64
+    """prompts are cut to their last max_prompt_tokens tokens"""
+    temperature: float = 1.0
+    """sampling temperature (log-probs are of the tempered distribution)"""
+    top_k: int = 0
+    """top-k sampling (0 = off)"""
+    top_p: float = 1.0
+    """nucleus sampling (1.0 = off)"""
+    num_iterations: int = 10
+    """PPO iterations (rollout + update)"""
+    kl_stop: float | None = None
+    """stop the update epochs early once policy/approxkl passes this (None = off)"""
+    value_model: str = "shared"
+    """'shared' value head on the policy backbone, or 'separate' scalar-head model"""
+    ptx_coef: float = 0.0
+    """gamma of PPO-ptx (0 = plain PPO, the ptx data is then not even loaded)"""
+    ptx_dataset: str = "qa_feedback"
+    """text for the ptx term: 'qa_feedback' (SFT answers), 'demo', or a .txt / .jsonl ('text') path"""
+    ptx_batch_size: int = 4
+    """texts per ptx term, per micro-batch"""
+    ptx_max_tokens: int = 64
+    """ptx texts are cut to this many tokens"""
+    lora: bool = True
+    """train LoRA adapters (reference = adapters disabled); False trains all weights and keeps a frozen copy"""
+    lora_r: int = 16
+    """LoRA rank"""
+    lora_alpha: int = 32
+    """LoRA alpha"""
+    eval_every: int = 5
+    """evaluate on the held-out prompts every N iterations and before training (0 = off)"""
+    eval_samples_k: int = 2
+    """samples per held-out prompt (average-max toxicity over k)"""
+    samples_per_log: int = 4
+    """rollouts per iteration written to samples.jsonl with their per-token decomposition"""
+    seed: int = 0
+    """random seed"""
+    save_every: int = 5
+    """checkpoint every N iterations (and at the end; 0 = only at the end)"""
+    resume_from: str = ""
+    """run folder to continue from its latest checkpoint"""
+    run_name: str = ""
+    """name of the run folder (default 'ppo')"""
+    trackers: str = ""
+    """comma list of accelerate trackers: tensorboard, wandb, trackio"""
+    cpu: bool = False
+    """force CPU"""
+
+
+def short_ppo_config(**overrides) -> PPOConfig:
+    """The "short PPO" of the app's reward-weight lab: default model, LoRA, 3 iterations on 8 prompts, 24 tokens (< 60 s on 2 CPU cores)."""
+    short = PPOConfig(num_prompts=8, eval_prompts=0, eval_every=0, batch_size=8, minibatch_size=8,
+                      ppo_epochs=2, num_iterations=3, max_new_tokens=24, save_every=0, learning_rate=3e-4)
+    return replace(short, **overrides)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def load_prompts(spec: str, n: int, seed: int = 0) -> list[str]:
+    """Up to n prompts from a named set or a .txt / .jsonl file (deterministic order)."""
+    import random
+
+    if spec == "davidson":
+        from core.data import provocative_prompts
+
+        return provocative_prompts(n, seed=seed)
+    if spec == "demo":
+        from core.data import load_demo_set
+
+        prompts = load_demo_set().detox_prompts
+    elif spec == "hh-rlhf":
+        from core.data import load_hh_rlhf
+
+        prompts = list(dict.fromkeys(r["prompt"] for r in load_hh_rlhf(limit=4 * n)))
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise TrainingError(f"prompts {spec!r}: not 'davidson', 'demo', 'hh-rlhf' nor an existing .txt/.jsonl file")
+        if path.suffix == ".jsonl":
+            prompts = [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
+        else:
+            prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        random.Random(seed).shuffle(prompts)
+    return prompts[:n]
+
+
+def load_ptx_texts(spec: str) -> list[str]:
+    """Texts for the ptx term: QA-Feedback SFT answers, the demo responses, or a .txt / .jsonl file."""
+    if spec == "qa_feedback":
+        from core.paths import shared_data_dir
+
+        path = shared_data_dir() / "qa_feedback" / "sft.json"
+        if not path.is_file():
+            raise TrainingError(f"ptx_dataset 'qa_feedback' needs {path}; use ptx_dataset='demo' or a file")
+        texts = [r["answer"] for r in json.loads(path.read_text())]
+    elif spec == "demo":
+        from core.data import load_demo_set
+
+        texts = [r["response"] for r in load_demo_set().spans]
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise TrainingError(f"ptx_dataset {spec!r}: not 'qa_feedback', 'demo' nor an existing file")
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        texts = [json.loads(line)["text"] for line in lines] if path.suffix == ".jsonl" else lines
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise TrainingError(f"ptx_dataset {spec!r} holds no text")
+    return texts
+
+
+def ptx_batch(tokenizer, texts: list[str], n: int, max_tokens: int, generator: torch.Generator, device):
+    """n random texts, right-padded: (ids (n, L), mask (n, L)) with mask 0 on the first token (nothing predicts it)."""
+    pick = torch.randint(len(texts), (n,), generator=generator).tolist()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    enc = tokenizer([texts[i] for i in pick], return_tensors="pt", padding=True, truncation=True, max_length=max_tokens)
+    tokenizer.padding_side = side
+    mask = enc["attention_mask"].clone()
+    mask[:, 0] = 0
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device), mask.to(device)
+
+
+# ---------------------------------------------------------------------------- models
+
+
+class PolicyWithValue(nn.Module):
+    """Policy and critic as one module, so accelerate (DDP), the optimizer and checkpoints see one model.
+
+    forward(input_ids, attention_mask) -> (logits (B, T, V), values (B, T)).
+    shared: `CausalLMWithValueHead` on the policy backbone; separate: a scalar-head model
+    (`load_reward_model`) whose score head is read at every position.
+    """
+
+    def __init__(self, policy, critic=None):
+        super().__init__()
+        from core.value_head import CausalLMWithValueHead
+
+        self.shared = critic is None
+        self.body = CausalLMWithValueHead(policy) if self.shared else policy
+        self.critic = critic
+
+    @property
+    def policy(self):
+        return self.body.policy if self.shared else self.body
+
+    def forward(self, input_ids, attention_mask):
+        if self.shared:
+            return self.body(input_ids, attention_mask)
+        logits = self.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        hidden = self.critic(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states[-1]
+        return logits, self.critic.score(hidden).squeeze(-1)  # (B, T, V), (B, T)
+
+
+def build_models(config: PPOConfig, device):
+    """(PolicyWithValue, frozen reference or None). With LoRA the reference is the policy with adapters off."""
+    from core.models import LoraSettings, apply_lora, load_causal_lm, load_reward_model
+
+    policy = load_causal_lm(config.model_name_or_path, device=device)
+    reference = None
+    if not config.lora:
+        reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha)
+    if config.lora:
+        policy = apply_lora(policy, lora)
+    critic = None
+    if config.value_model == "separate":
+        critic = load_reward_model(config.model_name_or_path, device=device)
+        if config.lora:
+            critic = apply_lora(critic, lora, task_type="SEQ_CLS")
+    elif config.value_model != "shared":
+        raise TrainingError(f"value_model must be 'shared' or 'separate', got {config.value_model!r}")
+    return PolicyWithValue(policy, critic), reference
+
+
+# ---------------------------------------------------------------------------- phases 3-4 as functions
+
+
+def shape_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator="k1", whiten=False):
+    """Phase 3. scores: (B, T) weighted task reward per token. Returns (shaped_rewards, per_token_kl), (B, T)."""
+    shaped_rewards, per_token_kl = kl_penalized_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator)
+    if whiten:
+        shaped_rewards = masked_whiten(shaped_rewards, mask, shift_mean=False)
+    return shaped_rewards, per_token_kl
+
+
+def compute_advantages(shaped_rewards, values, mask, gamma=1.0, lam=0.95, whiten=True):
+    """Phase 4. GAE on (B, T) rewards and values. Returns (advantages (whitened if asked), raw_advantages, returns)."""
+    raw_advantages, returns = gae(shaped_rewards, values, mask, gamma=gamma, lam=lam)
+    advantages = masked_whiten(raw_advantages, mask) if whiten else raw_advantages
+    return advantages, raw_advantages, returns
+
+
+# ---------------------------------------------------------------------------- the algorithm
+
+
+def train_ppo(config: PPOConfig, on_log=None, *, extra_rewards: dict | None = None) -> Run:
+    """Train with PPO; returns the Run (metrics, samples, checkpoints). extra_rewards: name -> RewardComponent objects."""
+    from tqdm.auto import tqdm
+
+    from core.devices import make_accelerator
+    from core.models import is_peft_model, load_tokenizer
+    from core.rewards.tensor import compute_token_rewards
+    from core.trainers.rewards_setup import build_reward_components, parse_weights
+
+    if config.minibatch_size % config.gradient_accumulation_steps or config.batch_size % config.minibatch_size:
+        raise TrainingError("batch_size must be a multiple of minibatch_size, and minibatch_size of gradient_accumulation_steps")
+    trackers = available_trackers(config.trackers)
+    accelerator = make_accelerator(config.gradient_accumulation_steps, cpu=config.cpu, log_with=trackers or None)
+    main = accelerator.is_main_process
+    if config.resume_from:
+        run = Run.open(config.resume_from)
+        checkpoint = run.latest_checkpoint()
+        if checkpoint is None:
+            raise TrainingError(f"cannot resume {config.resume_from}: it has no checkpoint")
+    else:
+        run = Run.create("ppo", config, name=config.run_name or "ppo") if main else None
+        checkpoint = None
+    log = Logger(run if main else None, on_log if main else None, accelerator)
+
+    with run_guard(run) if main else contextlib.nullcontext():
+        # ---- 0. setup: data, rewards, models, optimizer, resume
+        seed_everything(config.seed + accelerator.process_index)
+        prompts = load_prompts(config.prompts, config.num_prompts + config.eval_prompts, config.seed)
+        train_prompts, eval_prompts = prompts[:config.num_prompts], prompts[config.num_prompts:]
+        if not train_prompts:
+            raise TrainingError(f"the prompt set {config.prompts!r} is empty: give at least one prompt")
+        components = build_reward_components(config.rewards, extra_rewards)
+        weights = parse_weights(config.weights, components)
+        ptx_texts = load_ptx_texts(config.ptx_dataset) if config.ptx_coef > 0 else None
+        tokenizer = load_tokenizer(config.model_name_or_path)
+        model, frozen_reference = build_models(config, accelerator.device)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        unwrapped = accelerator.unwrap_model(model)
+        policy = unwrapped.policy  # generate() and the reference pass use the unwrapped policy
+        kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon) if config.adaptive_kl
+                  else FixedKLController(config.kl_coef))
+
+        @contextlib.contextmanager
+        def reference():
+            """The frozen reference policy: adapters disabled (LoRA) or the frozen copy."""
+            if frozen_reference is not None:
+                yield frozen_reference
+            elif is_peft_model(policy):
+                with torch.no_grad(), policy.disable_adapter():
+                    yield policy
+            else:
+                raise TrainingError("no reference policy: use lora=True or keep the frozen copy")
+
+        start = 1
+        if checkpoint is not None:
+            step, folder = checkpoint
+            load_trainable_state_dict(unwrapped, folder)
+            load_optimizer_tensors(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, folder)
+            state = json.loads((folder / "trainer_state.json").read_text())
+            kl_ctl.value = state["kl_coef"]
+            set_rng_state(state["rng"])
+            start = step + 1
+            if main:
+                run.truncate_after(step)
+                run.set_status("running", step=step)
+
+        def evaluate(step):
+            from core.evaluation import evaluate_policy
+
+            metrics, _ = evaluate_policy(
+                policy, tokenizer, eval_prompts, components, reference=reference, k=config.eval_samples_k,
+                max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k,
+                top_p=config.top_p, seed=config.seed)
+            return metrics
+
+        if main and start == 1 and config.eval_every and eval_prompts:
+            t0 = time.perf_counter()
+            log(0, {**evaluate(0), "time/eval_s": time.perf_counter() - t0})
+
+        bar = tqdm(range(start, config.num_iterations + 1), desc="ppo", disable=not main,
+                   initial=start - 1, total=config.num_iterations)
+        for iteration in bar:
+            t_step = time.perf_counter()
+            # fixed per-iteration generator: the prompt batch, minibatch order and ptx texts do not depend on the global RNG
+            g = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration * 1009 + accelerator.process_index)
+
+            # ---- 1. rollout: sample, then ONE pass for old log-probs + values, ONE for reference log-probs
+            order = torch.randperm(len(train_prompts), generator=g)
+            batch_prompts = [train_prompts[order[j % len(order)]] for j in range(config.batch_size)]
+            t0 = time.perf_counter()
+            rollout = generate(policy, tokenizer, batch_prompts, max_new_tokens=config.max_new_tokens,
+                               temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+                               max_prompt_tokens=config.max_prompt_tokens, device=accelerator.device)
+            t_generation = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            mask = rollout.response_mask  # (B, R)
+            old = score_tokens(model, rollout, config.temperature, with_entropy=True, no_grad=True)
+            rollout.logprobs, rollout.values, rollout.entropy = old.logprobs, old.values, old.entropy
+            with reference() as ref_model:
+                rollout.ref_logprobs = score_tokens(ref_model, rollout, config.temperature, with_values=False, no_grad=True).logprobs
+            t_forward = time.perf_counter() - t0
+
+            # ---- 2. score: every component on the response tokens; r_t = sum_k w_k r^k_t  (Wu et al. eq. 1)
+            t0 = time.perf_counter()
+            token_rewards = compute_token_rewards(batch_prompts, rollout.response_ids.cpu(), tokenizer, components,
+                                                  response_mask=mask.cpu())
+            scores = token_rewards.combined(weights).to(mask.device)  # (B, R)
+            t_scoring = time.perf_counter() - t0
+
+            # ---- 3. shape: r_t - beta * KL_t (Ziegler et al. eq. 2)
+            beta = kl_ctl.value
+            shaped_rewards, per_token_kl = shape_rewards(scores, rollout.logprobs, rollout.ref_logprobs, mask, beta,
+                                                         config.kl_estimator, config.whiten_rewards)
+
+            # ---- 4. advantages: GAE (Schulman et al. 2016), whitened over the batch
+            advantages, raw_advantages, returns = compute_advantages(
+                shaped_rewards, rollout.values, mask, config.gamma, config.lam, config.whiten_advantages)
+
+            # ---- 5. update: epochs x minibatches of clipped policy + value loss (+ ptx)
+            t0 = time.perf_counter()
+            stats = {k: [] for k in ("pg_loss", "vf_loss", "ptx_loss", "clipfrac", "approxkl", "entropy", "vf_clipfrac", "ratio", "value")}
+            early_stopped = False
+            micro_size = config.minibatch_size // config.gradient_accumulation_steps
+            model.train()
+            for epoch in range(config.ppo_epochs):
+                permutation = torch.randperm(len(rollout), generator=g)
+                for mb_start in range(0, len(rollout), config.minibatch_size):
+                    for micro in permutation[mb_start:mb_start + config.minibatch_size].split(micro_size):
+                        with accelerator.accumulate(model):
+                            mb = rollout.rows(micro)
+                            ptx = None
+                            if config.ptx_coef > 0:
+                                ptx = ptx_batch(tokenizer, ptx_texts, config.ptx_batch_size, config.ptx_max_tokens, g, accelerator.device)
+                            out = score_tokens(model, mb, config.temperature, with_entropy=True, ptx=ptx)
+                            pg_loss, pg_stats = ppo_policy_loss(out.logprobs, mb.logprobs, advantages[micro], mb.response_mask, config.cliprange)
+                            vf_loss, vf_stats = ppo_value_loss(out.values, mb.values, returns[micro], mb.response_mask, config.cliprange_value)
+                            pt_loss = ptx_loss(out.ptx_logprobs, ptx[2], config.ptx_coef) if ptx is not None else out.logprobs.new_zeros(())
+                            loss = pg_loss + config.vf_coef * vf_loss + pt_loss  # InstructGPT eq. 2, as a loss
+                            check_finite(loss, iteration)
+                            accelerator.backward(loss)
+                            if accelerator.sync_gradients and config.max_grad_norm:
+                                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                            optimizer.step()
+                            optimizer.zero_grad()
+                        for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("ptx_loss", pt_loss),
+                                     ("clipfrac", pg_stats["clipfrac"]), ("approxkl", pg_stats["approxkl"]),
+                                     ("entropy", masked_mean(out.entropy, mb.response_mask)),
+                                     ("vf_clipfrac", vf_stats["clipfrac"]), ("ratio", pg_stats["ratio_mean"]),
+                                     ("value", vf_stats["value_mean"])):
+                            stats[k].append(float(v.detach()))
+                    if config.kl_stop is not None and stats["approxkl"][-1] > config.kl_stop:
+                        early_stopped = True
+                        break
+                if early_stopped:
+                    break
+            model.eval()
+            t_update = time.perf_counter() - t0
+            kl_per_sequence = per_token_kl.sum(-1)  # (B,)
+            kl_ctl.update(kl_per_sequence.mean(), n_steps=len(rollout) * accelerator.num_processes)
+
+            # ---- 6. log: TRL names (core/metrics.py) and per-token samples for the app's heatmaps
+            if main:
+                avg = lambda k: sum(stats[k]) / max(len(stats[k]), 1)  # noqa: E731
+                score_total = scores.sum(-1).mean()
+                metrics = {
+                    "objective/kl": kl_per_sequence.mean(),
+                    "objective/entropy": rollout.entropy.sum(-1).mean(),
+                    "objective/non_score_reward": -beta * kl_per_sequence.mean(),
+                    "objective/scores": score_total,
+                    "objective/rlhf_reward": score_total - beta * kl_per_sequence.mean(),
+                    "objective/kl_coef": beta,
+                    "policy/clipfrac_avg": avg("clipfrac"), "policy/approxkl_avg": avg("approxkl"),
+                    "policy/entropy_avg": avg("entropy"), "loss/policy_avg": avg("pg_loss"),
+                    "loss/value_avg": avg("vf_loss"), "loss/ptx_avg": avg("ptx_loss"),
+                    "val/clipfrac_avg": avg("vf_clipfrac"), "val/ratio": avg("ratio"), "val/mean": avg("value"),
+                    "ppo/early_stopped": float(early_stopped), "ppo/no_eos_rate": (~rollout.ended).float().mean(),
+                    "ppo/returns_mean": masked_mean(returns, mask), "ppo/advantages_mean": masked_mean(raw_advantages, mask),
+                    "lr": config.learning_rate,
+                }
+                for name, total in token_rewards.totals().items():
+                    metrics[f"rewards/{name}"] = total.mean()
+                    metrics[f"rewards/{name}_weight"] = weights[name]
+                run.log_samples(iteration, sample_records(tokenizer, rollout, token_rewards, per_token_kl, raw_advantages,
+                                                          returns, config.samples_per_log))
+
+                # ---- 7. evaluate on held-out prompts, then checkpoint
+                if config.eval_every and eval_prompts and iteration % config.eval_every == 0:
+                    t0 = time.perf_counter()
+                    metrics.update(evaluate(iteration))
+                    metrics["time/eval_s"] = time.perf_counter() - t0
+                metrics.update({"time/generation_s": t_generation, "time/forward_s": t_forward, "time/scoring_s": t_scoring,
+                                "time/update_s": t_update, "time/step_s": time.perf_counter() - t_step})
+                log(iteration, metrics)
+                bar.set_postfix(scores=f"{float(score_total):.3f}", kl=f"{float(kl_per_sequence.mean()):.3f}")
+                if (config.save_every and iteration % config.save_every == 0) or iteration == config.num_iterations:
+                    run.save_checkpoint(iteration, trainable_state_dict(unwrapped), optimizer=optimizer.optimizer
+                                        if hasattr(optimizer, "optimizer") else optimizer,
+                                        state={"kl_coef": kl_ctl.value, "rng": rng_state(), "config": asdict(config)})
+            accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run
+
+
+def sample_records(tokenizer, rollout: Rollout, token_rewards, per_token_kl, advantages, returns, n: int) -> list[dict]:
+    """The first n rollouts with every per-token field the app draws (lists as long as the response)."""
+    records = token_rewards.to_records()
+    out = []
+    for b in range(min(n, len(rollout))):
+        keep = rollout.response_mask[b].bool()
+        text = records[b]["text"]
+        row = lambda t: [round(float(x), 6) for x in t[b][keep].tolist()]  # noqa: E731
+        per_token = {f"reward/{name}": values for name, values in records[b]["rewards"].items()}
+        per_token.update({"kl": row(per_token_kl), "value": row(rollout.values), "advantage": row(advantages),
+                          "return": row(returns), "logprob": row(rollout.logprobs), "ref_logprob": row(rollout.ref_logprobs)})
+        out.append({
+            "prompt": rollout.prompts[b], "response": text, "ended": bool(rollout.ended[b]),
+            "tokens": [text[s:e] for s, e in records[b]["token_spans"]],
+            "token_ids": rollout.response_ids[b][keep].tolist(),
+            "per_token": per_token, "segments": records[b]["segments"], "totals": records[b]["totals"],
+        })
+    return out
+
+
+def main() -> None:
+    import tyro
+
+    config = tyro.cli(PPOConfig)
+    run = train_ppo(config)
+    if run is not None:
+        print(f"run folder: {run.path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,381 @@
+"""Reward-model trainer: a scalar-head model fitted to human preference pairs with the Bradley-Terry loss.
+
+Paper: Ouyang et al. 2022, "Training language models to follow instructions with human
+feedback" (InstructGPT), sec. 3.5, eq. 1 with K = 2 (Stiennon et al. 2020 before them):
+
+    loss(r) = -E_{(x, y_c, y_r) ~ D} [ log sigmoid( r(x, y_c) - r(x, y_r) ) ]
+
+where r(x, y) is the score head read at the last token of prompt + response. The same
+trainer makes the C3 (incompleteness) reward model of Wu et al. 2023 (``dataset=
+"qa_feedback"``): their completeness RM is also a preference RM, trained on the
+QA-Feedback comparisons.
+
+Phases of ``train_reward_model``:
+    1. data      load {prompt, chosen, rejected} pairs, split train / held-out by prompt
+    2. model     scalar-head model; frozen backbone (head only), LoRA, or full fine-tuning
+    3. features  frozen backbone only: one pass caches the last-token hidden state of
+                 every chosen and rejected text, so training touches only the head
+    4. train     chosen and rejected of a batch in ONE forward pass, Bradley-Terry loss
+    5. evaluate  held-out pairwise accuracy and margin (every eval_every steps and at the end)
+    6. save      normalisation (mean/std of training scores) + the model folder via
+                 ``core.rewards.store`` so PPO and the app can load it
+
+Deviations from the papers: InstructGPT trains a 6B RM from the SFT model with all K
+responses of a prompt in one batch; here the default is a frozen 135M backbone with a
+linear head on cached features (minutes on a laptop CPU) and pairs are independent.
+No reward normalisation inside the loss; the mean/std are stored instead (InstructGPT
+normalises the RM so demonstrations score 0 on average; FineGrainedRLHF stores
+mean/std for the C3 model the same way). Inputs longer than max_length are truncated
+from the LEFT so the response end, where the score is read, survives.
+
+What it leaves out: K-wise ranking batches (``core.losses.ranking_loss`` exists),
+margins from preference strength, reward-model ensembles.
+
+    python -m core.trainers.reward --help
+    python -m core.trainers.reward --dataset hh_rlhf --limit 300
+    python -m core.trainers.reward --dataset qa_feedback --category C3
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.models import DEFAULT_MODEL
+from core.runstore import Run
+from core.trainers.common import Logger, OnLog, TrainingError, available_trackers, check_finite, run_guard, seed_everything
+
+
+@dataclass
+class RewardConfig:
+    """Train a holistic (Bradley-Terry) reward model. Defaults run in a few minutes on a laptop CPU."""
+
+    model: str = DEFAULT_MODEL
+    """backbone: an alias, a local folder or a Hugging Face id"""
+    dataset: str = "hh_rlhf"
+    """'hh_rlhf' (Anthropic harmless-base), 'qa_feedback' (QA-Feedback comparisons, ties dropped) or a TRL .jsonl path"""
+    limit: int = 300
+    """read at most this many preference pairs (0 = all)"""
+    eval_fraction: float = 0.2
+    """fraction of prompts held out for evaluation (grouped by prompt, never on both sides)"""
+    max_length: int = 128
+    """tokens per prompt + response; longer inputs are truncated from the left"""
+    freeze_backbone: bool = True
+    """train only the score head on cached last-token features (fast on CPU)"""
+    use_lora: bool = False
+    """train LoRA adapters + head instead of all weights (ignored when freeze_backbone)"""
+    lora_r: int = 16
+    """LoRA rank"""
+    epochs: int = 20
+    """passes over the training pairs (cheap with a frozen backbone; use 1-2 when fine-tuning)"""
+    batch_size: int = 32
+    """pairs per optimizer step"""
+    learning_rate: float = 1e-3
+    """AdamW learning rate (1e-3 for a head on frozen features, ~1e-4 for LoRA, ~1e-5 for full fine-tuning)"""
+    weight_decay: float = 1e-3
+    """AdamW weight decay"""
+    max_grad_norm: float = 1.0
+    """gradient clipping norm"""
+    feature_batch_size: int = 8
+    """texts per forward pass when caching features or evaluating"""
+    eval_every: int = 50
+    """evaluate on the held-out pairs every N steps (and at the end)"""
+    checkpoint_every: int = 100
+    """save a resumable checkpoint every N steps (0 = only at the end)"""
+    seed: int = 0
+    """random seed (split, shuffling, head initialisation)"""
+    category: str = ""
+    """'C3' marks a completeness RM (QA-Feedback); empty for a plain holistic RM"""
+    name: str = ""
+    """model / run name (default: 'holistic-<dataset>', or 'c3-completeness')"""
+    save_model: bool = True
+    """save the final model with core.rewards.store"""
+    save_dir: str = ""
+    """where to save the model (default: cache_dir()/reward_models/<name>)"""
+    resume: str = ""
+    """path of a run folder to continue from its latest checkpoint"""
+    tracker: str = ""
+    """accelerate trackers, comma separated: tensorboard, wandb, trackio"""
+    cpu: bool = False
+    """force CPU even when a GPU is present"""
+    progress: bool = True
+    """show tqdm progress bars"""
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _load_pairs(config: RewardConfig) -> tuple[list[dict], str]:
+    """(records, separator) for config.dataset."""
+    from core import data
+
+    limit = config.limit or None
+    if config.dataset == "hh_rlhf":
+        return list(data.load_hh_rlhf(limit=limit)), " "
+    if config.dataset == "qa_feedback":
+        recs = list(data.load_qa_feedback_preferences())
+        return (recs[:limit] if limit else recs), " answer: "  # FineGrainedRLHF's RM input: "{prompt} answer: {y}"
+    path = Path(config.dataset)
+    if path.suffix in (".jsonl", ".json") or path.is_file():
+        recs = data.load_preference_jsonl(path)
+        return (recs[:limit] if limit else recs), " "
+    raise TrainingError(f"unknown dataset {config.dataset!r}: use 'hh_rlhf', 'qa_feedback' or a path to a .jsonl file")
+
+
+def _default_name(config: RewardConfig) -> str:
+    if config.name:
+        return config.name
+    if config.category == "C3":
+        return "c3-completeness"
+    return f"holistic-{Path(config.dataset).stem if config.dataset not in ('hh_rlhf', 'qa_feedback') else config.dataset}"
+
+
+def _texts(tokenizer, records, separator):
+    """Formatted chosen and rejected texts (preference_rm.format_pair) and the format used."""
+    from core.rewards.preference_rm import format_pair
+
+    fmt = "chat" if records and (isinstance(records[0]["prompt"], list) or isinstance(records[0]["chosen"], list)) else "text"
+    chosen = [format_pair(tokenizer, r["prompt"], r["chosen"], fmt, separator)[0] for r in records]
+    rejected = [format_pair(tokenizer, r["prompt"], r["rejected"], fmt, separator)[0] for r in records]
+    return chosen, rejected, fmt
+
+
+# ----------------------------------------------------------------------------- features and scores
+
+
+def _cache_features(model, tokenizer, texts: list[str], config, device, desc: str):
+    """(N, H) last-token hidden states of a frozen backbone, batched by length to save padding."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from core.rewards.preference_rm import encode, gather_last, hidden_states
+
+    unique = sorted(set(texts), key=len)  # QA-Feedback pairs reuse each answer up to 3 times
+    feats: dict[str, torch.Tensor] = {}
+    bs = config.feature_batch_size
+    with torch.no_grad():
+        for i in tqdm(range(0, len(unique), bs), desc=desc, disable=not config.progress, leave=False):
+            batch = unique[i : i + bs]
+            enc = encode(tokenizer, batch, config.max_length)
+            mask = enc["attention_mask"].to(device)
+            h = gather_last(hidden_states(model, enc["input_ids"].to(device), mask), mask)  # (b, H)
+            feats.update(zip(batch, h.float().cpu()))
+    return torch.stack([feats[t] for t in texts]) if texts else torch.zeros(0)
+
+
+def _pair_scores(model, tokenizer, chosen: list[str], rejected: list[str], config, device, feats=None, idx=None):
+    """(r_chosen, r_rejected), each (b,): the head on cached features, or ONE forward pass over chosen + rejected."""
+    from core.rewards.preference_rm import backbone_and_head, encode, sequence_scores
+
+    if feats is not None:
+        _, head = backbone_and_head(model)
+        dtype = next(head.parameters()).dtype  # features are cached in fp32; the head may be bf16 on GPU
+        return head(feats[0][idx].to(device, dtype)).squeeze(-1), head(feats[1][idx].to(device, dtype)).squeeze(-1)
+    b = len(chosen)
+    enc = encode(tokenizer, chosen + rejected, config.max_length)  # (2b, T): chosen rows first
+    scores = sequence_scores(model, enc["input_ids"].to(device), enc["attention_mask"].to(device))
+    return scores[:b], scores[b:]
+
+
+def _evaluate(model, tokenizer, chosen, rejected, config, device, feats=None) -> dict:
+    import torch
+
+    from core.losses import bradley_terry_loss
+
+    if not chosen:
+        return {}
+    model.eval()
+    rc, rr = [], []
+    with torch.no_grad():
+        bs = config.feature_batch_size if feats is None else 4096
+        for i in range(0, len(chosen), bs):
+            idx = list(range(i, min(i + bs, len(chosen))))
+            c, r = _pair_scores(model, tokenizer, chosen[i : i + bs], rejected[i : i + bs], config, device, feats, idx)
+            rc.append(c.float().cpu())
+            rr.append(r.float().cpu())
+    rc, rr = torch.cat(rc), torch.cat(rr)
+    return {
+        "eval/loss": bradley_terry_loss(rc, rr).mean().item(),
+        "eval/rm/accuracy": (rc > rr).float().mean().item(),
+        "eval/rm/margin": (rc - rr).mean().item(),
+    }
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run:
+    """Train a Bradley-Terry reward model; returns its run (``run.status()["model_path"]`` is the saved folder)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
+
+    from core.checkpoint import load_optimizer_tensors, load_trainable_state_dict, rng_state, set_rng_state, trainable_state_dict
+    from core.data import split
+    from core.devices import make_accelerator
+    from core.losses import bradley_terry_loss
+    from core.models import LoraSettings, apply_lora, count_parameters, load_reward_model, load_tokenizer
+
+    name = _default_name(config)
+    run = Run.open(config.resume) if config.resume else Run.create("reward", config, name=name)
+    with run_guard(run):
+        seed_everything(config.seed)
+        accelerator = make_accelerator(cpu=config.cpu, log_with=available_trackers(config.tracker) or None, project_dir=str(run.path))
+        if config.tracker:
+            accelerator.init_trackers(name)
+        t_start = time.time()
+        device = accelerator.device
+        log = Logger(run, on_log, accelerator)
+
+        # 1. data --------------------------------------------------------------------------
+        records, separator = _load_pairs(config)
+        train, held_out = split(records, config.eval_fraction, seed=config.seed)
+        if len(train) < 2:
+            raise TrainingError(f"only {len(train)} training pairs in {config.dataset!r}; raise limit or lower eval_fraction")
+
+        # 2. model -------------------------------------------------------------------------
+        tokenizer = load_tokenizer(config.model)
+        model = load_reward_model(config.model, device=device)
+        if config.freeze_backbone:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            from core.rewards.preference_rm import backbone_and_head
+
+            for p in backbone_and_head(model)[1].parameters():
+                p.requires_grad_(True)
+        elif config.use_lora:
+            model = apply_lora(model, LoraSettings(r=config.lora_r, alpha=2 * config.lora_r), task_type="SEQ_CLS")
+        trainable, total = count_parameters(model)
+        train_c, train_r, fmt = _texts(tokenizer, train, separator)
+        eval_c, eval_r, _ = _texts(tokenizer, held_out, separator)
+
+        # 3. features (frozen backbone only; cached in the run folder for resumes) ----------
+        train_feats = eval_feats = None
+        if config.freeze_backbone:
+            t0 = time.time()
+            cache = run.path / "features.safetensors"
+            if cache.is_file():
+                f = load_file(str(cache))
+                train_feats, eval_feats = (f["train_c"], f["train_r"]), (f["eval_c"], f["eval_r"])
+            else:
+                model.eval()
+                both = _cache_features(model, tokenizer, train_c + train_r + eval_c + eval_r, config, device, "features")
+                n, m = len(train_c), len(eval_c)
+                train_feats = (both[:n], both[n : 2 * n])
+                eval_feats = (both[2 * n : 2 * n + m], both[2 * n + m :])
+                save_file({"train_c": train_feats[0].contiguous(), "train_r": train_feats[1].contiguous(),
+                           "eval_c": eval_feats[0].contiguous(), "eval_r": eval_feats[1].contiguous()}, str(cache))
+            log(0, {"time/features_s": time.time() - t0})
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        model, optimizer = accelerator.prepare(model, optimizer)
+
+        # the whole schedule of batches is fixed by the seed, so a resumed run sees the same batches
+        steps_per_epoch = math.ceil(len(train) / config.batch_size)
+        total_steps = steps_per_epoch * config.epochs
+        g = torch.Generator().manual_seed(config.seed)
+        schedule = [perm[i : i + config.batch_size].tolist()
+                    for _ in range(config.epochs) for perm in [torch.randperm(len(train), generator=g)]
+                    for i in range(0, len(train), config.batch_size)]
+        start = 0
+        latest = run.latest_checkpoint()
+        if config.resume and latest is not None:
+            start, ckpt = latest
+            load_trainable_state_dict(accelerator.unwrap_model(model), ckpt)
+            load_optimizer_tensors(optimizer, ckpt)
+            import json
+
+            set_rng_state(json.loads((ckpt / "trainer_state.json").read_text())["rng"])
+            run.truncate_after(start)
+
+        # 4. train --------------------------------------------------------------------------
+        bar = tqdm(total=total_steps, initial=start, desc=f"reward model ({trainable:,}/{total:,} params trained)",
+                   disable=not config.progress)
+        for step in range(start + 1, total_steps + 1):
+            t0 = time.time()
+            model.train()
+            idx = schedule[step - 1]
+            chosen_rewards, rejected_rewards = _pair_scores(
+                model, tokenizer, [train_c[i] for i in idx], [train_r[i] for i in idx], config, device, train_feats, idx)
+            losses = bradley_terry_loss(chosen_rewards, rejected_rewards)  # (b,)
+            loss = losses.mean()
+            check_finite(loss, step)
+            accelerator.backward(loss)
+            grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            metrics = {
+                "loss": loss.item(),
+                "rm/accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
+                "rm/margin": (chosen_rewards - rejected_rewards).mean().item(),
+                "lr": config.learning_rate,
+                "epoch": step / steps_per_epoch,
+                "grad_norm": float(grad_norm),
+                "time/step_s": time.time() - t0,
+            }
+            # 5. evaluate ---------------------------------------------------------------------
+            if step % config.eval_every == 0 or step == total_steps:
+                metrics.update(_evaluate(model, tokenizer, eval_c, eval_r, config, device, eval_feats))
+            log(step, metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics.get('eval/rm/accuracy', metrics['rm/accuracy']):.2f}")
+            if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == total_steps:
+                run.save_checkpoint(step, trainable_state_dict(accelerator.unwrap_model(model)), optimizer,
+                                    state={"rng": rng_state()})
+        bar.close()
+
+        # 6. save ---------------------------------------------------------------------------
+        final = _evaluate(model, tokenizer, eval_c, eval_r, config, device, eval_feats)
+        model = accelerator.unwrap_model(model).eval()
+        with torch.no_grad():
+            if train_feats is not None:
+                raw = torch.cat(_pair_scores(model, tokenizer, [], [], config, device, train_feats, list(range(len(train)))))
+            else:
+                from core.rewards.preference_rm import score_texts
+
+                sample = (train_c + train_r)[:256]
+                raw = torch.tensor(score_texts(model, tokenizer, sample, config.max_length, config.feature_batch_size))
+        raw = raw.float().cpu()
+        figures = {"train_pairs": len(train), "eval_pairs": len(held_out),
+                   "eval_accuracy": final.get("eval/rm/accuracy"), "eval_margin": final.get("eval/rm/margin"),
+                   "eval_loss": final.get("eval/loss"), "seconds": time.time() - t_start,
+                   "skipped": dict(getattr(records, "skipped", {}) or {})}
+        meta = {
+            "kind": "preference", "category": config.category or None, "level": "sequence",
+            "name": "c3_completeness" if config.category == "C3" else "holistic",
+            "format": fmt, "separator": separator, "max_length": config.max_length,
+            "normalisation": {"mean": raw.mean().item(), "std": max(raw.std().item(), 1e-6) if raw.numel() > 1 else 1.0},
+            "base_model": config.model, "backbone_frozen": config.freeze_backbone, "lora": bool(config.use_lora and not config.freeze_backbone),
+            "training": {"dataset": config.dataset, "run": str(run.path), **figures},
+        }
+        status = {"figures": figures}
+        if config.save_model:
+            from core.rewards.store import reward_models_dir, save_reward_model
+
+            folder = Path(config.save_dir) if config.save_dir else reward_models_dir() / name
+            save_reward_model(model, tokenizer, meta, folder)
+            status["model_path"] = str(folder)
+        run.set_status("running", **status)
+        accelerator.end_training()
+    return run
+
+
+def main() -> None:
+    import tyro
+
+    config = tyro.cli(RewardConfig)
+    run = train_reward_model(config)
+    st = run.status()
+    f = st.get("figures", {})
+    print(f"run {run.path}: held-out pairwise accuracy {f.get('eval_accuracy'):.3f} on {f.get('eval_pairs')} pairs "
+          f"({f.get('train_pairs')} training pairs, {f.get('seconds'):.0f} s)")
+    if "model_path" in st:
+        print(f"saved reward model: {st['model_path']}")
+
+
+if __name__ == "__main__":
+    main()

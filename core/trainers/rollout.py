@@ -1,0 +1,195 @@
+"""Rollouts for PPO on language models: KV-cached sampling, then one scoring pass per model.
+
+What it is: phase 1 of `core.trainers.ppo` (and the sampler of `core.evaluation`).
+
+    rollout = generate(policy, tokenizer, prompts, max_new_tokens=24, temperature=1.0)
+    old = score_tokens(model, rollout, temperature, with_entropy=True, no_grad=True)   # logprobs, values, entropy
+    with reference() as ref:
+        rollout.ref_logprobs = score_tokens(ref, rollout, temperature, with_values=False, no_grad=True).logprobs
+
+Layout of one batch (B rows, P prompt columns, R response columns):
+
+    [pad pad prompt prompt | resp resp EOS pad pad]       query: left-padded (P)
+                                                           response: right-padded (R)
+    query_mask    (B, P)  1 on prompt tokens
+    response_mask (B, R)  1 on response tokens up to AND including the first EOS;
+                          everything after the first EOS is masked
+    ended         (B,)    True when the response contains an EOS; a response cut at
+                          max_new_tokens is kept (it still trains) and flagged False
+
+Why it is shaped like this:
+- sampling is `model.generate(..., use_cache=True)`: each new token costs one forward
+  of one position (KV cache), not of the whole sequence;
+- log-probs and values are NOT collected during generation (generate's scores are of
+  the processed, top-k/top-p-filtered distribution, and the value head is not run
+  there); they come from exactly one forward pass over (prompt, response) after it,
+  the same function the update uses, so the first PPO ratio is exactly 1;
+- R is the longest response in the batch: generate stops when every row has hit EOS,
+  and all-masked trailing columns are cut.
+- the log-probs are those of the sampling distribution softmax(logits / temperature)
+  (TRL does the same); top-k / top-p are ignored there.
+
+What it leaves out: vLLM-style paged generation, chat templates (prompts are raw
+text that the policy continues, as in RealToxicityPrompts), position ids for models
+with absolute position embeddings (left padding shifts absolute positions; RoPE
+models such as Llama/SmolLM2 are unaffected because attention sees only relative ones).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+
+from core.logprobs import completion_logprobs, entropy_from_logits, selective_log_softmax
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled responses and the per-token quantities PPO needs. Shapes in the module docstring."""
+
+    prompts: list[str]
+    query_ids: torch.Tensor  # (B, P) left-padded
+    query_mask: torch.Tensor  # (B, P)
+    response_ids: torch.Tensor  # (B, R) right-padded
+    response_mask: torch.Tensor  # (B, R) up to and including the first EOS
+    ended: torch.Tensor  # (B,) bool
+    logprobs: torch.Tensor | None = None  # (B, R) log pi_old(y_t | ...)
+    ref_logprobs: torch.Tensor | None = None  # (B, R) log pi_ref(y_t | ...)
+    values: torch.Tensor | None = None  # (B, R) V(s_t), s_t = prompt + y_<t
+    entropy: torch.Tensor | None = None  # (B, R)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def input_ids(self) -> torch.Tensor:  # (B, P + R)
+        return torch.cat([self.query_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:  # (B, P + R)
+        return torch.cat([self.query_mask, self.response_mask.to(self.query_mask.dtype)], dim=1)
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+    def rows(self, index) -> "Rollout":
+        """The sub-batch of rows `index` (a slice or a LongTensor), every tensor sliced alike."""
+        if isinstance(index, slice):
+            prompts = self.prompts[index]
+        else:
+            prompts = [self.prompts[i] for i in index.tolist()]
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return Rollout(prompts, self.query_ids[index], self.query_mask[index], self.response_ids[index],
+                       self.response_mask[index], self.ended[index], pick(self.logprobs), pick(self.ref_logprobs),
+                       pick(self.values), pick(self.entropy), {k: pick(v) for k, v in self.extra.items()})
+
+
+def eos_token_ids(tokenizer, model=None) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS plus the model's generation_config EOS id(s)."""
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
+    return sorted(i for i in ids if i is not None)
+
+
+def mask_after_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(response_mask (B, R) long, ended (B,) bool): 1 up to and including the first EOS, 0 after it.
+
+    A token is kept when no EOS occurs strictly before it, so the EOS itself is a
+    response token (the sequence-level reward sits on it) and nothing after it is.
+    """
+    is_eos = torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device))  # (B, R)
+    eos_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()  # EOS count strictly before t
+    response_mask = (eos_before == 0).long()
+    return response_mask, is_eos.any(dim=1)
+
+
+@torch.no_grad()
+def generate(policy, tokenizer, prompts: list[str], *, max_new_tokens: int = 24, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, max_prompt_tokens: int = 64, device=None) -> Rollout:
+    """Sample one response per prompt with the KV cache; returns a Rollout without log-probs.
+
+    The global torch RNG drives sampling (seed it for reproducible rollouts).
+    Prompts longer than max_prompt_tokens keep their LAST tokens.
+    """
+    if not prompts:
+        raise ValueError("generate needs at least one prompt")
+    device = device or next(policy.parameters()).device
+    side, trunc = tokenizer.padding_side, tokenizer.truncation_side
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    try:
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, truncation=True,
+                        max_length=max_prompt_tokens, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = side, trunc
+    query_ids, query_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    eos = eos_token_ids(tokenizer, policy)
+    was_training = policy.training
+    policy.eval()
+    sequences = policy.generate(
+        input_ids=query_ids, attention_mask=query_mask, max_new_tokens=max_new_tokens, do_sample=True,
+        temperature=temperature, top_k=top_k, top_p=top_p, use_cache=True,
+        eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+    )  # (B, P + R')
+    policy.train(was_training)
+    response_ids = sequences[:, query_ids.shape[1]:]  # (B, R')
+    response_mask, ended = mask_after_eos(response_ids, eos)
+    R = int(response_mask.sum(1).max())  # pad only to the longest response
+    response_ids, response_mask = response_ids[:, :R], response_mask[:, :R]
+    response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, tokenizer.pad_token_id))
+    return Rollout(list(prompts), query_ids, query_mask, response_ids.contiguous(), response_mask, ended)
+
+
+class TokenScores(NamedTuple):
+    logprobs: torch.Tensor  # (B, R)
+    values: torch.Tensor | None  # (B, R)
+    entropy: torch.Tensor | None  # (B, R)
+    ptx_logprobs: torch.Tensor | None  # (N, L) per-token log-probs of the ptx rows
+
+
+def score_tokens(model, rollout: Rollout, temperature: float = 1.0, *, with_values: bool = True,
+                 with_entropy: bool = False, no_grad: bool = False, ptx=None) -> TokenScores:
+    """One forward pass over (prompt, response): per-token log-probs, values and entropies of the response.
+
+    model: returns (logits, values) when with_values (`CausalLMWithValueHead`-like),
+    else a plain causal LM returning an output with `.logits`.
+    Logits at column P-1+t predict response token t; the value read at the same column
+    is V(s_t) of the state before token t. Every (B, R) output is 0 outside response_mask.
+    ptx: optional (ids (N, L), attention_mask (N, L), loss_mask (N, L)) of pretraining
+    text, appended as extra rows of the SAME forward pass (one forward and one backward
+    per step, which DDP requires); their log-probs use temperature 1.
+    """
+    context = torch.inference_mode() if no_grad else torch.enable_grad()
+    with context:
+        input_ids, attention_mask = rollout.input_ids, rollout.attention_mask
+        B, P = rollout.query_ids.shape
+        if ptx is not None:
+            input_ids, attention_mask = _stack_right_padded([input_ids, ptx[0]], [attention_mask, ptx[1]])
+        if with_values:
+            logits, values = model(input_ids, attention_mask)  # (B', T', V), (B', T')
+            values = values[:B, P - 1:P - 1 + rollout.response_ids.shape[1]].float()  # (B, R)
+        else:
+            logits, values = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits, None
+        ptx_logprobs = None
+        if ptx is not None:
+            L = ptx[0].shape[1]
+            ptx_logprobs = completion_logprobs(logits[B:, :L], ptx[0], ptx[2])  # (N, L)
+        R = rollout.response_ids.shape[1]
+        logits = logits[:B, P - 1:P - 1 + R] / temperature  # (B, R, V)
+        mask = rollout.response_mask.bool()
+        logprobs = selective_log_softmax(logits, rollout.response_ids)  # (B, R)
+        logprobs = torch.where(mask, logprobs, torch.zeros_like(logprobs))
+        entropy = None
+        if with_entropy:
+            with torch.no_grad():
+                entropy = torch.where(mask, entropy_from_logits(logits.detach()), torch.zeros_like(logprobs))
+        if values is not None:
+            values = torch.where(mask, values, torch.zeros_like(values))
+    return TokenScores(logprobs, values, entropy, ptx_logprobs)
+
+
+def _stack_right_padded(ids_list, mask_list):
+    """Stack (B_i, T_i) id/mask tensors into (sum B_i, max T_i), right-padding with masked zeros."""
+    T = max(t.shape[1] for t in ids_list)
+    pad = lambda t: torch.nn.functional.pad(t, (0, T - t.shape[1]))  # noqa: E731
+    return torch.cat([pad(t) for t in ids_list]), torch.cat([pad(m) for m in mask_list])

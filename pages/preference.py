@@ -1,0 +1,163 @@
+"""Preference optimisation: a short DPO or SimPO run, its implicit-reward curves, and length effects.
+
+What it shows: pick DPO (β, label smoothing = conservative DPO) or SimPO (β, γ/β) and a
+data set (the built-in demo pairs, HH-RLHF, or an uploaded TRL-schema .jsonl validated
+by ``core.data.load_preference_jsonl``); "Run" starts ``train_dpo``/``train_simpo`` in a
+background thread; the curves of rewards/chosen, rewards/rejected, rewards/margins and
+rewards/accuracies poll the run store. A scatter of the implicit reward against response
+length for held-out pairs shows why SimPO averages: a summed log-probability falls
+with every token, an averaged one does not.
+
+What it leaves out: IPO and SFT (CLI only: ``python -m core.trainers.dpo --help``).
+Registered in ``workbench/app.py``; run ``streamlit run workbench/app.py``.
+"""
+
+import hashlib
+import time
+
+import streamlit as st
+
+from workbench import charts, components, scoring, state, training
+from workbench.jobs import registry
+
+PAGE = "pref"
+K = lambda name: state.key(PAGE, name)  # noqa: E731
+CURVES = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+          "eval/rewards/margins", "eval/rewards/accuracies", "loss"]
+
+
+def dataset_choice():
+    """(dataset argument for the trainer, records for the scatter) or (None, None) with a message shown."""
+    from core.paths import shared_data_dir
+
+    import core.data as data
+
+    options = ["demo", "hh-rlhf", "upload a .jsonl"]
+    choice = st.radio("Data set", options, horizontal=True, key=K("dataset"))
+    if choice == "demo":
+        return "demo", data.load_demo_set().preferences
+    if choice == "hh-rlhf":
+        if not shared_data_dir().is_dir():
+            st.info(f"HH-RLHF is not on this machine (looked in {shared_data_dir()}); use the demo set or upload a file.")
+            return None, None
+        return "hh-rlhf", data.load_hh_rlhf(limit=200)
+    upload = st.file_uploader("Preference data: JSON lines with prompt, chosen, rejected (text or chat messages)", type=["jsonl", "json", "txt"], key=K("upload"))
+    if upload is None:
+        st.caption('One JSON object per line: {"prompt": "...", "chosen": "...", "rejected": "..."}')
+        return None, None
+    import tempfile
+    from pathlib import Path
+
+    raw = upload.getvalue()
+    folder = Path(tempfile.gettempdir()) / "rlhf-workbench-uploads"  # the trainer thread reads it after this rerun
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(raw).hexdigest()[:16]}.jsonl"
+    path.write_bytes(raw)
+    try:
+        records = data.load_preference_jsonl(path)
+    except (data.DataError, UnicodeDecodeError) as exc:
+        st.error(f"'{upload.name}' is not usable preference data: {exc}. Fix the file (one JSON object per line with "
+                 "prompt, chosen and rejected) and upload it again.")
+        return None, None
+    if not records:
+        st.error(f"'{upload.name}' holds no records.")
+        return None, None
+    st.success(f"'{upload.name}': {len(records)} pairs.")
+    return str(path), records
+
+
+def run_panel(model: str, dataset, records) -> None:
+    cols = st.columns(4)
+    algorithm = cols[0].radio("Algorithm", ["DPO", "SimPO"], key=K("algorithm"))
+    beta = cols[1].slider("β", 0.01, 5.0, 0.1 if algorithm == "DPO" else 2.0, 0.01, key=K(f"beta_{algorithm}"))
+    if algorithm == "DPO":
+        smoothing = cols[2].slider("label smoothing (conservative DPO)", 0.0, 0.45, 0.0, 0.05, key=K("smoothing"))
+        gamma_ratio = 0.0
+    else:
+        gamma_ratio = cols[2].slider("γ/β (target margin ratio)", 0.0, 2.0, 0.5, 0.05, key=K("gamma_ratio"))
+        smoothing = 0.0
+    steps = cols[3].number_input("Steps", 1, 200, 10, key=K("steps"))
+    busy = registry().running()
+    if st.button(f"Run short {algorithm}", key=K("start"), type="primary", disabled=busy is not None or dataset is None):
+        try:
+            train_fn, config = training.preference(algorithm, model, dataset, beta, smoothing, gamma_ratio, int(steps),
+                                                     cpu=state.current_device() == "cpu")
+        except ImportError:
+            st.error(f"The {algorithm} trainer (core/trainers/{algorithm.lower()}.py) is not installed yet; update the checkout.")
+            return
+        try:
+            job = registry().start(algorithm.lower(), train_fn, config, label=f"{algorithm} β={beta:g}")
+        except RuntimeError as exc:
+            st.warning(str(exc))
+            return
+        st.session_state.setdefault(K("jobs"), []).append(job.id)
+        st.rerun()
+    if busy is not None:
+        st.caption(f"A training is running ('{busy.label}'); the button comes back when it ends.")
+
+
+def curves_panel() -> None:
+    reg = registry()
+    jobs = [reg.get(j) for j in st.session_state.get(K("jobs"), []) if reg.get(j) is not None]
+    job = jobs[-1] if jobs else None
+    if job is not None:
+        @st.fragment(run_every=components.POLL_SECONDS if job.alive else None)
+        def _live():
+            total = int(getattr(job.config, "num_steps", 0) or 0)
+            if job.alive:
+                done = job.last_step or 0
+                st.progress(min(done / total, 1.0) if total else 0.0,
+                            text=f"'{job.label}': step {done}/{total or '?'} after {time.time() - job.started:.0f} s (background)")
+            elif job.state == "failed":
+                st.error(f"'{job.label}' failed: {job.error}")
+            else:
+                st.progress(1.0, text=f"'{job.label}' finished.")
+            if job.run_path is not None:
+                components.draw_curves([job.run_path], CURVES, columns=4, key_prefix=K(f"live_{job.id}"))
+            if not job.alive and st.session_state.get(K("shown_end")) != job.id:
+                st.session_state[K("shown_end")] = job.id
+                st.rerun()
+
+        _live()
+    runs = [r for kind in ("dpo", "simpo") for r in components.all_runs(kind=kind)]
+    if runs:
+        paths = [str(r.path) for r in runs]
+        picked = st.multiselect("Compare preference runs", paths, default=paths[:1], key=K("compare"), format_func=components.label_for_path)
+        if picked:
+            components.draw_curves(picked, CURVES, columns=4, key_prefix=K("cmp"))
+
+
+def scatter_panel(model: str, records) -> None:
+    st.subheader("Implicit reward vs length")
+    st.caption("For held-out pairs under the current policy: DPO's summed log-probability grows more negative with every "
+               "token, so long answers look worse; SimPO's average does not depend on length.")
+    if not records:
+        st.info("Pick a data set first.")
+        return
+    from core.data import split
+
+    _, held_out = split(list(records), 0.5, seed=0)
+    held_out = held_out or list(records)
+    n = st.slider("Held-out pairs", 1, min(32, len(held_out)), min(8, len(held_out)), key=K(f"n_pairs_{len(held_out)}"))
+    beta = st.session_state.get(K("beta_DPO"), 0.1)
+    if st.button("Compute implicit rewards", key=K("scatter_btn")):
+        bar = st.progress(0.0, text="Scoring held-out responses…")
+        points = scoring.implicit_rewards(model, held_out[:n], beta, on_progress=lambda f: bar.progress(f, text=f"Scoring held-out responses… {f:.0%}"))
+        st.session_state[K("points")] = (model, points)
+    stored = st.session_state.get(K("points"))
+    if stored and stored[0] == model:
+        st.plotly_chart(charts.length_scatter(stored[1]), key=K("scatter"), width="stretch")
+
+
+def main() -> None:
+    st.title("Preference optimisation")
+    st.caption("DPO and SimPO learn from pairs without a reward model: the policy itself defines an implicit reward.")
+    model = state.current_model()
+    dataset, records = dataset_choice()
+    run_panel(model, dataset, records)
+    curves_panel()
+    scatter_panel(model, records)
+
+
+with components.page_guard("the preference optimisation page"):
+    main()

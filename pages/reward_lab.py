@@ -1,0 +1,168 @@
+"""Reward-weight lab: set a weight per reward component and β, run a short PPO, compare before and after.
+
+What it shows: "Run short PPO" builds ``core.trainers.ppo.short_ppo_config`` with the
+sliders' weights and β and starts ``train_ppo`` in a background thread
+(``workbench.jobs``): a rerun, a page switch or a second browser tab neither kills nor
+corrupts it, and every tab sees its progress (read from the run store). Live curves
+poll the run; when it ends, the first and last logged rollouts are shown side by side
+with the change of each reward component. Several lab runs share the comparison charts.
+
+What it leaves out: stopping a run midway; long runs (use ``python -m core.trainers.ppo``).
+Registered in ``workbench/app.py``; run ``streamlit run workbench/app.py``.
+"""
+
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from workbench import components, state, training
+from workbench.jobs import registry
+
+PAGE = "lab"
+K = lambda name: state.key(PAGE, name)  # noqa: E731
+
+NOT_REWARD = {"kl", "value", "values", "advantage", "advantages", "return", "returns", "logprob", "ref_logprob",
+              "logprobs", "ref_logprobs", "entropy", "mask", "total", "score", "scores", "reward", "rlhf_reward"}
+
+
+def start_panel(model: str) -> None:
+    names = list(training.ppo_reward_specs())
+    st.subheader("Weights and β")
+    cols = st.columns(min(len(names), 4) + 1)
+    weights = {}
+    for i, name in enumerate(names):
+        weights[name] = cols[i % (len(cols) - 1)].slider(f"w · {name}", 0.0, 2.0, 1.0 if i == 0 else 0.0, 0.1, key=K(f"w_{name}"))
+    beta = cols[-1].slider("β (KL coefficient)", 0.0, 0.5, 0.05, 0.01, key=K("beta"))
+    row = st.columns([3, 1], vertical_alignment="bottom")
+    auto = f"lab {'+'.join(f'{n}={w:g}' for n, w in weights.items() if w)} β={beta:g}"
+    label = row[0].text_input("Run name (optional)", key=K("label"), placeholder=auto).strip() or auto
+    busy = registry().running()
+    if row[1].button("Run short PPO", key=K("start"), type="primary", disabled=busy is not None, width="stretch"):
+        if not any(weights.values()):
+            st.error("All weights are 0: the policy would only be pulled towards the reference. Give at least one component a weight.")
+            return
+        try:
+            train_fn, config = training.short_ppo(model, weights, beta, cpu=state.current_device() == "cpu")
+        except ImportError:
+            st.error("The PPO trainer (core/trainers/ppo.py) is not installed yet; update the checkout.")
+            return
+        try:
+            job = registry().start("ppo", train_fn, config, label=label)
+        except RuntimeError as exc:
+            st.warning(str(exc))
+            return
+        st.session_state.setdefault(K("jobs"), []).append(job.id)
+        st.rerun()
+    if busy is not None:
+        st.caption(f"A training is running ('{busy.label}'); the button comes back when it ends.")
+
+
+def job_panel() -> None:
+    """Progress and live curves of the running (or this session's last) lab job."""
+    reg = registry()
+    mine = [reg.get(j) for j in st.session_state.get(K("jobs"), [])]
+    job = reg.running() or next((j for j in reversed(mine) if j is not None), None)
+    if job is None or job.kind != "ppo":
+        return
+
+    @st.fragment(run_every=components.POLL_SECONDS if job.alive else None)
+    def _live():
+        total = int(getattr(job.config, "num_iterations", 0) or 0)
+        done = job.last_step or 0  # PPO logs iterations 1..num_iterations
+        if job.alive:
+            frac = min(done / total, 1.0) if total else 0.0
+            elapsed = time.time() - job.started
+            st.progress(frac, text=f"'{job.label}': iteration {done}/{total or '?'} after {elapsed:.0f} s "
+                                   "(running in the background; switching pages or tabs is safe)")
+        elif job.state == "failed":
+            st.error(f"'{job.label}' failed: {job.error}")
+        else:
+            st.progress(1.0, text=f"'{job.label}' finished.")
+        if job.run_path is not None:
+            names = list(training.ppo_reward_specs())
+            components.draw_curves([job.run_path], ["objective/scores", "objective/kl", "eval/toxicity"] + [f"rewards/{n}" for n in names],
+                                   columns=3, key_prefix=K(f"live_{job.id}"))
+        if not job.alive and st.session_state.get(K("shown_end")) != job.id:
+            st.session_state[K("shown_end")] = job.id
+            st.rerun()
+
+    _live()
+
+
+def component_totals(sample: dict, names: list[str]) -> dict[str, float]:
+    """Σ_t r_k,t of each reward component of one logged rollout (its ``totals``, else summed ``per_token``)."""
+    totals = sample.get("totals") or {}
+    if totals:
+        keep = [n for n in names if n in totals] or [k for k in totals if k not in NOT_REWARD]
+        return {k: float(totals[k]) for k in keep if isinstance(totals[k], (int, float))}
+    per_token = sample.get("per_token") or {}
+    out = {}
+    for key, values in per_token.items():
+        name = key.removeprefix("reward/").removeprefix("rewards/")
+        if isinstance(values, list) and (name in names or key.startswith("reward")):
+            out[name] = float(sum(v for v in values if isinstance(v, (int, float))))
+    return out
+
+
+def before_after(run_path: str) -> None:
+    run = components.open_run(run_path)
+    if run is None:
+        return
+    samples = run.samples()
+    steps = sorted({s.get("step", 0) for s in samples})
+    if len(steps) < 1:
+        st.info("This run saved no samples yet.")
+        return
+    first, last = steps[0], steps[-1]
+    names = [n.split("=")[0].strip() for n in str(run.config.get("rewards", "")).split(",") if n.strip()]
+    before = {s.get("prompt"): s for s in samples if s.get("step") == first}
+    after = {s.get("prompt"): s for s in samples if s.get("step") == last}
+    common = [p for p in after if p in before] if first != last else []
+    pairs = [(before[p], after[p]) for p in common] or list(zip(before.values(), after.values()))
+    if not common:
+        st.caption("The first and last logged steps sampled different prompts; shown in order.")
+    st.markdown(f"**Step {first} → step {last}**")
+    if run.config.get("prompts") == "davidson":
+        st.caption("Content warning: the prompts are openings of offensive tweets (Davidson et al. 2017), chosen to provoke toxic text.")
+    for i, (b, a) in enumerate(pairs[:4]):
+        tb, ta = component_totals(b, names), component_totals(a, names)
+        left, right = st.columns(2)
+        left.markdown(f"*Prompt:* {b.get('prompt', '')[-300:]}\n\n**Before:** {b.get('response', '')}")
+        right.markdown(f"*Prompt:* {a.get('prompt', '')[-300:]}\n\n**After:** {a.get('response', '')}")
+        if ta:
+            right.caption(" · ".join(f"{k}: {tb.get(k, 0):+.3f} → {ta[k]:+.3f} (Δ {ta[k] - tb.get(k, 0):+.3f})" for k in ta))
+
+
+def compare_panel() -> None:
+    runs = components.all_runs(kind="ppo")
+    if not runs:
+        return
+    st.subheader("Compare runs")
+    paths = [str(r.path) for r in runs]
+    mine = [str(registry().get(j).run_path) for j in st.session_state.get(K("jobs"), []) if registry().get(j) and registry().get(j).run_path]
+    default = [p for p in mine if p in paths][-2:] or paths[:1]
+    picked = st.multiselect("PPO runs", paths, default=default, key=K("compare"), format_func=components.label_for_path)
+    if not picked:
+        return
+    names = list(training.ppo_reward_specs())
+    components.draw_curves(picked, ["objective/scores", "objective/kl", "eval/toxicity", "eval/perplexity"] + [f"rewards/{n}" for n in names],
+                           columns=3, key_prefix=K("cmp"))
+    st.subheader("Before / after")
+    finished = [p for p in picked if (Path(p) / "samples.jsonl").is_file()]
+    if finished:
+        which = st.selectbox("Run", finished, key=K("ba_run"), format_func=lambda p: Path(p).name)
+        before_after(which)
+
+
+def main() -> None:
+    st.title("Reward-weight lab")
+    st.caption("How do reward weights and β steer PPO? Set them, run a short PPO (LoRA, a few iterations), compare.")
+    model = state.current_model()
+    start_panel(model)
+    job_panel()
+    compare_panel()
+
+
+with components.page_guard("the reward-weight lab"):
+    main()

@@ -1,0 +1,199 @@
+"""Token reward explorer: where each reward lands on the response tokens, and how weights combine them.
+
+What it shows: one heatmap row per reward component (holistic toxicity, toxicity change
+per sentence, learned RMs and their redistributed form when trained) plus the weighted
+total, one cell per response token, exact values on hover; human-labelled spans
+(QA-Feedback) beside the model's segments. The pair is scored ONCE (cached in
+``st.session_state``); the weight sliders only recombine with ``TokenRewards.combined``.
+
+What it leaves out: training reward models (see the hint on the page).
+Registered in ``workbench/app.py``; run ``streamlit run workbench/app.py``.
+"""
+
+import streamlit as st
+
+from workbench import charts, components, scoring, state
+
+PAGE = "explorer"
+K = lambda name: state.key(PAGE, name)  # noqa: E731
+
+SOURCES = ["Demo set", "QA-Feedback (human spans)", "HH-RLHF pair", "Type your own", "Sample from the policy"]
+
+
+def _load(source: str):
+    """Records {prompt, response, spans?} of a data source, or (None, message)."""
+    from core.paths import shared_data_dir
+
+    import core.data as data
+
+    if source == "Demo set":
+        demo = data.load_demo_set()
+        return [{"prompt": r["prompt"], "response": r["response"], "spans": _spans_of(r)} for r in demo.spans], None
+    if not shared_data_dir().is_dir():
+        return None, f"The real data sets are not on this machine (looked in {shared_data_dir()}); use the demo set, or set RLHF_WORKBENCH_DATA."
+    if source == "QA-Feedback (human spans)":
+        recs = _cached_qa_spans()
+        return [{"prompt": r.get("prompt", r.get("question", "")), "response": r.get("response", r.get("prediction", "")),
+                 "spans": _spans_of(r)} for r in recs], None
+    recs = _cached_hh()
+    out = []
+    for r in recs:
+        out.append({"prompt": r["prompt"], "response": r["chosen"], "spans": [], "note": "chosen"})
+        out.append({"prompt": r["prompt"], "response": r["rejected"], "spans": [], "note": "rejected"})
+    return out, None
+
+
+@st.cache_data(show_spinner=False)
+def _cached_qa_spans():
+    from core.data import load_qa_feedback_spans
+
+    return [dict(r) for r in load_qa_feedback_spans()][:200]
+
+
+@st.cache_data(show_spinner=False)
+def _cached_hh():
+    from core.data import load_hh_rlhf
+
+    return [dict(r) for r in load_hh_rlhf(limit=100)]
+
+
+def _spans_of(record: dict) -> list[dict]:
+    spans = record.get("spans") or record.get("errors") or []
+    out = []
+    for s in spans:
+        label = s.get("error_type") or s.get("error type") or s.get("label") or "span"
+        if s.get("category"):
+            label = f"{label} ({s['category']})"
+        title = s.get("explanation") or label
+        out.append({"start": int(s["start"]), "end": int(s["end"]), "label": str(label), "title": str(title)})
+    return out
+
+
+def _sample(model: str, prompt: str, max_new_tokens: int) -> str:
+    import torch
+
+    tok = state.get_tokenizer(model)
+    policy = state.get_policy(model, state.current_device())
+    if getattr(tok, "chat_template", None):
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    else:
+        text = prompt
+    enc = tok(text, return_tensors="pt", add_special_tokens=False).to(policy.device)
+    with torch.inference_mode():
+        out = policy.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, top_p=0.95, pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def pick_pair(model: str) -> tuple[str, str, list[dict]]:
+    top = st.columns([3, 1])
+    source = top[0].radio("Example", SOURCES, key=K("source"), horizontal=True)
+    prompt, response, spans = "", "", []
+    if source in SOURCES[:3]:
+        try:
+            recs, note = _load(source)
+        except ImportError:
+            recs, note = None, "The data loaders (core/data.py) are not installed yet; type a pair instead."
+        if recs is None:
+            st.info(note)
+            source = "Type your own"
+        elif not recs:
+            st.warning("This data set is empty.")
+        else:
+            i = top[1].number_input(f"Record (0–{len(recs) - 1})", 0, len(recs) - 1, 0, key=K(f"index_{source}"))
+            rec = recs[int(i)]
+            prompt, response, spans = rec["prompt"], rec["response"], rec.get("spans", [])
+            if rec.get("note"):
+                st.caption(f"HH-RLHF: the {rec['note']} response. Content warning: HH-RLHF contains offensive text.")
+            with st.expander(f"Prompt: {prompt[:90]}…" if len(prompt) > 90 else f"Prompt: {prompt}", expanded=False):
+                st.text(prompt[-3000:])
+    if source == "Type your own":
+        prompt = st.text_area("Prompt", key=K("prompt"), value="Tell me about your weekend.", height=80)
+        response = st.text_area("Response", key=K("response"), value="It was great. I went hiking with friends, and we saw a damn bear! Then we ate pizza.", height=100)
+    if source == "Sample from the policy":
+        prompt = st.text_area("Prompt", key=K("sample_prompt"), value="Write two sentences about the sea.", height=80)
+        n = st.slider("New tokens", 8, 96, 32, key=K("sample_tokens"))
+        if st.button("Sample a response", key=K("sample_btn")):
+            if not prompt.strip():
+                st.error("The prompt is empty: type a prompt first.")
+            else:
+                with st.spinner("Sampling from the policy…"):
+                    st.session_state[K("sampled")] = (model, prompt, _sample(model, prompt, n))
+        sampled = st.session_state.get(K("sampled"))
+        response = sampled[2] if sampled and sampled[0] == model and sampled[1] == prompt else ""
+        if response:
+            with st.container(border=True):
+                st.caption("Sampled response")
+                st.text(response)
+        else:
+            st.caption("Press the button to sample a response from the model chosen in the sidebar.")
+    return prompt, response, spans
+
+
+def main() -> None:
+    st.title("Token reward explorer")
+    st.caption("Where does each reward land? Rows are reward components, cells are response tokens; hover for exact values.")
+    model = state.current_model()
+    prompt, response, human_spans = pick_pair(model)
+    if not prompt.strip():
+        st.warning("The prompt is empty: type a prompt (rewards are judged for a prompt and its response).")
+        return
+    if not response.strip():
+        st.info("No response to score yet.")
+        return
+
+    infos = scoring.available_components()
+    names = [c.name for c in infos]
+    chosen = st.multiselect("Reward components", names, default=names, key=K("components"),
+                            format_func=lambda n: next(c.label for c in infos if c.name == n))
+    if not scoring.has_learned_models():
+        st.caption("ℹ️ " + scoring.TRAIN_RM_HINT)
+    if not chosen:
+        st.warning("Pick at least one reward component.")
+        return
+    infos = [c for c in infos if c.name in chosen]
+
+    tok = state.get_tokenizer(model)
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    n_resp = len(scoring.response_ids(model, response))
+    limit = state.model_context_length(model)
+    if n_prompt + n_resp > limit:
+        st.error(f"Prompt + response are {n_prompt + n_resp} tokens but the model reads at most {limit}: shorten the response (or the prompt).")
+        return
+
+    progress = st.progress(0.0, text="Scoring the response with each reward component…")
+    tr = scoring.score_texts(model, prompt, response, infos)
+    progress.progress(1.0, text=f"Scored {n_resp} response tokens with {len(infos)} component(s).")
+
+    cols = st.columns(min(len(chosen), 4))
+    weights = {}
+    for i, name in enumerate(chosen):
+        weights[name] = cols[i % len(cols)].slider(f"w · {name}", -2.0, 2.0, 1.0, 0.1, key=K(f"w_{name}"))
+    total = tr.combined(weights)[0]  # (T,) no model runs here: only a weighted sum
+    keep = tr.mask[0].bool()
+    rows = {name: tr.components[name][0][keep].tolist() for name in chosen}
+    rows["total (weighted)"] = total[keep].tolist()
+    st.session_state[K("last_total")] = rows["total (weighted)"]
+    tokens = scoring.token_texts(tr)
+    st.plotly_chart(charts.token_heatmap(tokens, rows), key=K("heatmap"), width="stretch")
+    sums = {name: round(sum(v), 4) for name, v in rows.items()}
+    st.caption("Sum over tokens: " + " · ".join(f"{k} = {v}" for k, v in sums.items()))
+
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Human labels**")
+        if human_spans:
+            st.markdown(components.highlighted(response, human_spans), unsafe_allow_html=True)
+        else:
+            st.caption("This example has no human span labels (QA-Feedback records have them).")
+    with right:
+        st.markdown("**Model segments** (where each non-zero reward sits)")
+        segs = [s for s in tr.segments[0] if s.level in ("sentence", "subsentence")]
+        if segs:
+            spans = [{"start": s.char_start, "end": s.char_end, "label": f"{s.component} {s.value:+.3f}"} for s in segs]
+            st.markdown(components.highlighted(tr.texts[0], spans), unsafe_allow_html=True)
+        else:
+            st.caption("No sentence-level component chosen: sequence-level scores sit on the last token.")
+
+
+with components.page_guard("the token reward explorer"):
+    main()

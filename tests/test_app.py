@@ -1,0 +1,262 @@
+"""AppTest checks of every workbench page (headless, no browser): renders, widgets, short runs, bad input.
+
+Runs the real ``workbench/app.py`` frame with the tiny random Llama (``RLHF_WORKBENCH_MODEL``)
+and a very short training config (``RLHF_WORKBENCH_SHORT``), in a throw-away run store.
+
+    .venv/bin/python -m pytest tests/test_app.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "workbench" / "app.py")
+PAGES = {name: str(ROOT / "pages" / f"{name}.py") for name in ("home", "token_explorer", "training_curves", "reward_lab", "preference")}
+SHORT = {
+    "ppo": {"num_iterations": 2, "num_prompts": 2, "batch_size": 2, "minibatch_size": 2, "max_new_tokens": 6,
+            "eval_prompts": 0, "eval_every": 0, "ppo_epochs": 1, "save_every": 0, "prompts": "demo"},
+    "preference": {"train_size": 8, "eval_size": 4, "num_steps": 2, "batch_size": 2, "max_length": 96,
+                   "max_prompt_length": 48, "gradient_accumulation_steps": 1, "eval_every": 1, "save_every": 100,
+                   "num_samples": 1, "cpu": True},
+}
+
+
+@pytest.fixture(autouse=True)
+def _tiny_app(monkeypatch, tiny_model_path, tmp_path):
+    monkeypatch.setenv("RLHF_WORKBENCH_MODEL", "tiny-random-llama")
+    monkeypatch.setenv("RLHF_WORKBENCH_SHORT", json.dumps(SHORT))
+    monkeypatch.delenv("RLHF_WORKBENCH_REWARD_MODELS", raising=False)
+    try:  # an empty reward-model store: the tests must not depend on (or wait for) RMs in the user's cache
+        from core.rewards import store
+    except ImportError:
+        return
+    monkeypatch.setattr(store, "reward_models_dir", lambda: tmp_path / "no_reward_models")
+
+
+def _open(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    if page != "home":
+        at.switch_page(PAGES[page])
+        at.run()
+    return at
+
+
+def _clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _charts(at: AppTest) -> list:
+    return list(at.get("plotly_chart"))
+
+
+def _wait_for_job(kind: str, timeout: float = 90.0):
+    from workbench.jobs import registry
+
+    job = next(j for j in reversed(list(registry().jobs.values())) if j.kind == kind)
+    registry().wait(job, timeout)
+    assert not job.alive, f"the {kind} job did not finish within {timeout} s"
+    return job
+
+
+def test_home_and_frame():
+    at = _open("home")
+    _clean(at)
+    assert at.title[0].value == "RLHF Workbench"
+    assert at.sidebar.selectbox(key="frame_model_choice").value == "tiny-random-llama"
+    assert at.sidebar.selectbox(key="frame_device") is not None
+    assert at.session_state["frame_model_name"] == "tiny-random-llama"
+
+
+def test_frame_bad_model_shows_message_and_keeps_working():
+    at = _open("home")
+    at.sidebar.selectbox(key="frame_model_choice").set_value("other (type a path or hub id)").run()
+    at.sidebar.text_input(key="frame_model_custom").set_value("/no/such/model/folder").run()
+    assert not at.exception
+    assert any("not found" in e.value for e in at.sidebar.error)
+    assert at.session_state["frame_model_name"] == "tiny-random-llama"  # falls back to the default
+
+
+def test_explorer_renders_and_sliders_recombine_without_rescoring():
+    at = _open("token_explorer")
+    _clean(at)
+    assert at.radio(key="explorer_source").value == "Demo set"
+    sliders = {s.key: s for s in at.slider}
+    assert {"explorer_w_toxicity", "explorer_w_toxicity_sentence"} <= set(sliders)
+    assert len(_charts(at)) == 1
+    assert at.session_state["explorer_score_calls"] == 1
+    before = list(at.session_state["explorer_last_total"])
+    tox = at.session_state["explorer_token_rewards"]
+    tr = next(iter(tox.values()))
+    at.slider(key="explorer_w_toxicity").set_value(0.0).run()
+    at.slider(key="explorer_w_toxicity_sentence").set_value(2.0).run()
+    _clean(at)
+    after = list(at.session_state["explorer_last_total"])
+    assert at.session_state["explorer_score_calls"] == 1  # the sliders never re-ran a scorer
+    expected = (2.0 * tr.components["toxicity_sentence"][0][tr.mask[0].bool()]).tolist()
+    assert after == pytest.approx(expected)
+    assert after != pytest.approx(before) or not any(before)
+
+
+def test_explorer_bad_inputs():
+    at = _open("token_explorer")
+    at.radio(key="explorer_source").set_value("Type your own").run()
+    at.text_area(key="explorer_prompt").set_value("   ").run()
+    assert not at.exception
+    assert any("prompt is empty" in w.value for w in at.warning)
+    at.text_area(key="explorer_prompt").set_value("Say something.").run()
+    at.text_area(key="explorer_response").set_value("word " * 1500).run()
+    assert not at.exception
+    assert any("reads at most" in e.value for e in at.error)
+
+
+def test_explorer_samples_from_the_policy():
+    at = _open("token_explorer")
+    at.radio(key="explorer_source").set_value("Sample from the policy").run()
+    at.slider(key="explorer_sample_tokens").set_value(8).run()
+    at.button(key="explorer_sample_btn").click().run()
+    _clean(at)
+    model, prompt, response = at.session_state["explorer_sampled"]
+    assert model == "tiny-random-llama" and prompt
+    if response.strip():  # a random model may sample only special tokens
+        assert len(_charts(at)) == 1
+
+
+def test_job_survives_reruns_page_switches_and_a_second_tab():
+    """A training started from one session keeps going while sessions rerun and switch pages; others see it."""
+    import dataclasses
+    import threading
+
+    from core.runstore import Run
+    from workbench.jobs import registry
+
+    @dataclasses.dataclass
+    class FakeConfig:
+        num_iterations: int = 2
+        run_name: str = ""
+
+    release = threading.Event()
+
+    def fake_train(config, on_log=None):
+        run = Run.create("ppo", config, name=config.run_name)
+        for step in (1, 2):
+            run.log_metrics(step, {"objective/scores": float(step)})
+            on_log(step, {"objective/scores": float(step)})
+            release.wait(30)
+        run.set_status("finished")
+        return run
+
+    tab1 = _open("reward_lab")
+    job = registry().start("ppo", fake_train, FakeConfig(), label="fake")
+    tab1.session_state["lab_jobs"] = [job.id]
+    tab1.run()
+    _clean(tab1)
+    assert tab1.button(key="lab_start").disabled  # one training at a time
+    tab2 = _open("reward_lab")  # a second browser tab: another session, same server
+    assert tab2.button(key="lab_start").disabled
+    assert any("fake" in c.value for c in tab2.caption)
+    tab1.switch_page(PAGES["training_curves"]).run()
+    tab1.switch_page(PAGES["reward_lab"]).run()
+    assert job.alive and job.thread.is_alive()
+    release.set()
+    registry().wait(job, 30)
+    assert job.state == "finished" and job.run_path is not None
+    assert Run.open(job.run_path).meta["name"] == job.config.run_name  # claimed by its unique name
+    assert [r["step"] for r in Run.open(job.run_path).metrics()] == [1, 2]
+    tab2.run()
+    _clean(tab2)
+    assert not tab2.button(key="lab_start").disabled
+
+
+def test_curves_page_with_runs_and_deleted_folder():
+    from core.runstore import Run
+
+    at = _open("training_curves")
+    _clean(at)
+    assert any("No runs yet" in i.value for i in at.info)
+    run = Run.create("ppo", {"rewards": "toxicity"}, name="fake")
+    for step in range(3):
+        run.log_metrics(step, {"objective/scores": -0.1 * step, "objective/kl": 0.01 * step, "rewards/toxicity": -0.2})
+    run.log_samples(2, [{"prompt": "p", "response": "a b", "tokens": ["a", " b"],
+                         "per_token": {"toxicity": [0.0, -0.2], "kl": [0.01, 0.02], "value": [0.1, 0.2], "advantage": [0.3, -0.1]}}])
+    run.set_status("finished")
+    at = _open("training_curves")
+    _clean(at)
+    assert at.multiselect(key="curves_runs").value == [str(run.path)]
+    keys = [c.proto.id for c in _charts(at)]
+    assert len(keys) >= 4  # 3 metric curves + the rollout heatmap
+    shutil.rmtree(run.path)
+    at.run()
+    assert not at.exception
+    assert at.warning, "a deleted run folder must give a message"
+
+
+def test_reward_lab_short_ppo_completes_and_curves_appear():
+    pytest.importorskip("core.trainers.ppo", reason="the PPO trainer is not in this checkout yet")
+    at = _open("reward_lab")
+    _clean(at)
+    assert at.slider(key="lab_beta").value == pytest.approx(0.05)
+    assert at.slider(key="lab_w_toxicity") is not None
+    at.button(key="lab_start").click().run()
+    assert not at.exception
+    job = _wait_for_job("ppo")
+    assert job.state == "finished", job.error
+    assert job.run_path is not None and (job.run_path / "metrics.jsonl").is_file()
+    at.run()
+    _clean(at)
+    assert _charts(at), "the curves of the finished run must appear"
+    assert any("finished" in p.proto.text for p in at.get("progress"))
+
+
+def test_preference_page_upload_validation_and_short_dpo():
+    pytest.importorskip("core.trainers.dpo", reason="the DPO trainer is not in this checkout yet")
+    at = _open("preference")
+    _clean(at)
+    assert at.radio(key="pref_algorithm").value == "DPO"
+    at.radio(key="pref_dataset").set_value("upload a .jsonl").run()
+    at.file_uploader(key="pref_upload").set_value(("bad.jsonl", b"this is not json\n", "application/json")).run()
+    assert not at.exception
+    assert any("not usable" in e.value for e in at.error)
+    at.file_uploader(key="pref_upload").set_value(("nofields.jsonl", b'{"prompt": "hi"}\n', "application/json")).run()
+    assert any("chosen" in e.value for e in at.error)
+    at.radio(key="pref_dataset").set_value("demo").run()
+    _clean(at)
+    at.button(key="pref_start").click().run()
+    assert not at.exception
+    job = _wait_for_job("dpo")
+    assert job.state == "finished", job.error
+    at.run()
+    _clean(at)
+    assert _charts(at)
+    at.button(key="pref_scatter_btn").click().run()
+    _clean(at)
+    scatter = [c for c in _charts(at) if "scatter" in c.proto.id]
+    assert scatter
+
+
+def test_explorer_shows_learned_and_redistributed_reward_models(tmp_path, monkeypatch, tiny_model_path):
+    """A reward model saved in the store appears as a row, and as a redistributed (token-level) row."""
+    store = pytest.importorskip("core.rewards.store", reason="the reward-model store is not in this checkout yet")
+    from core.models import load_reward_model, load_tokenizer
+
+    rm = load_reward_model(str(tiny_model_path), device="cpu")
+    store.save_reward_model(rm, load_tokenizer(str(tiny_model_path)), {"kind": "preference", "category": None, "level": "sequence"},
+                            tmp_path / "rms" / "tiny-hh")
+    monkeypatch.setattr(store, "reward_models_dir", lambda: tmp_path / "rms")
+    at = _open("token_explorer")
+    _clean(at)
+    names = at.multiselect(key="explorer_components").value
+    assert "tiny_hh" in names and "tiny_hh_redistributed" in names, names
+    tr = next(iter(at.session_state["explorer_token_rewards"].values()))
+    red, holistic = tr.components["tiny_hh_redistributed"][0], tr.components["tiny_hh"][0]
+    assert (red != 0).sum() > 1  # spread over tokens, while the holistic score sits on the last token only
+    assert (holistic != 0).sum() <= 1

@@ -1,0 +1,201 @@
+"""PPO trainer tests on the tiny random Llama: it runs, its phases are right, it resumes exactly.
+
+Each trainer run is 1-3 iterations of 2-4 rollouts of a few tokens (seconds on a CPU).
+    pytest tests/test_ppo.py -q
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core.trainers.ppo import PPOConfig, build_models, compute_advantages, train_ppo
+from core.trainers.rollout import mask_after_eos
+
+PROMPTS = ["You are a", "I think that the", "The weather today is", "My friend said", "Why do people", "Tell me about"]
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n")
+    return path
+
+
+@pytest.fixture
+def config(tiny_model_path, prompt_file):
+    return PPOConfig(model_name_or_path=str(tiny_model_path), prompts=str(prompt_file), num_prompts=4, eval_prompts=2,
+                     rewards="toxicity", batch_size=4, minibatch_size=2, ppo_epochs=2, num_iterations=2,
+                     max_new_tokens=6, eval_every=0, save_every=1, learning_rate=1e-2, cpu=True)
+
+
+def _last_weights(run):
+    step, folder = run.latest_checkpoint()
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _no_time(rows):
+    return [{k: v for k, v in r.items() if not k.startswith("time") and k != "time"} for r in rows]
+
+
+def test_two_iterations_finite_and_parameters_change(config):
+    run = train_ppo(config)
+    assert run.status()["status"] == "finished"
+    rows = [r for r in run.metrics() if r["step"] > 0]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        for key in ("loss/policy_avg", "loss/value_avg", "objective/kl", "objective/scores", "policy/entropy_avg"):
+            assert math.isfinite(r[key]), key
+    torch.manual_seed(config.seed)  # same init as the trainer's
+    fresh, _ = build_models(config, "cpu")
+    before = {n: p.detach() for n, p in fresh.named_parameters() if p.requires_grad}
+    after = _last_weights(run)
+    assert set(after) == set(before)
+    changed = [n for n in after if not torch.equal(after[n], before[n])]
+    assert any("lora_B" in n for n in changed) and any("v_head" in n for n in changed)
+
+
+def test_advantages_with_gamma_lambda_one_only_change_up_to_the_reward_token():
+    torch.manual_seed(0)
+    B, T, t = 2, 7, 3
+    values = torch.randn(B, T)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]])
+    base = torch.randn(B, T) * mask
+    bumped = base.clone()
+    bumped[:, t] += 1.0
+    a0, _, _ = compute_advantages(base, values, mask, gamma=1.0, lam=1.0, whiten=False)
+    a1, _, _ = compute_advantages(bumped, values, mask, gamma=1.0, lam=1.0, whiten=False)
+    diff = a1 - a0
+    torch.testing.assert_close(diff[:, : t + 1], torch.ones(B, t + 1))  # every earlier token sees the full reward
+    assert torch.all(diff[:, t + 1:] == 0)
+
+
+def test_ptx_coef_zero_is_exactly_plain_ppo(config, tmp_path):
+    ptx_file = tmp_path / "ptx.txt"
+    ptx_file.write_text("The capital of France is Paris.\nWater boils at 100 degrees Celsius.\n")
+    base = dict(num_iterations=1, save_every=0)
+    plain = train_ppo(PPOConfig(**{**config.__dict__, **base, "ptx_coef": 0.0, "ptx_dataset": "/does/not/matter"}))
+    zero = train_ppo(PPOConfig(**{**config.__dict__, **base, "ptx_coef": 0.0, "ptx_dataset": str(ptx_file)}))
+    mixed = train_ppo(PPOConfig(**{**config.__dict__, **base, "ptx_coef": 0.5, "ptx_dataset": str(ptx_file)}))
+    assert _no_time(plain.metrics()) == _no_time(zero.metrics())
+    w_plain, w_zero, w_mixed = _last_weights(plain), _last_weights(zero), _last_weights(mixed)
+    assert all(torch.equal(w_plain[k], w_zero[k]) for k in w_plain)
+    assert mixed.metrics()[-1]["loss/ptx_avg"] > 0  # -gamma * mean log p > 0
+    assert any(not torch.equal(w_plain[k], w_mixed[k]) for k in w_plain)
+
+
+def test_resume_gives_the_same_next_metrics(config):
+    cfg = PPOConfig(**{**config.__dict__, "num_iterations": 3})
+    full = train_ppo(cfg)
+
+    def interrupt(step, metrics):
+        if step == 2:
+            raise KeyboardInterrupt("simulated interruption")
+
+    with pytest.raises(KeyboardInterrupt):
+        train_ppo(cfg, on_log=interrupt)
+    from core.runstore import list_runs
+
+    interrupted = next(r for r in list_runs() if r.status()["status"] == "failed")
+    assert interrupted.latest_checkpoint()[0] == 1
+    resumed = train_ppo(PPOConfig(**{**cfg.__dict__, "resume_from": str(interrupted.path)}))
+    assert resumed.path == interrupted.path and resumed.status()["status"] == "finished"
+    assert [r["step"] for r in resumed.metrics()] == [1, 2, 3]
+    got, want = _no_time(resumed.metrics()), _no_time(full.metrics())
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys()
+        for k in w:
+            assert g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-6), (g["step"], k)
+    w_full, w_resumed = _last_weights(full), _last_weights(resumed)
+    for k in w_full:
+        torch.testing.assert_close(w_resumed[k], w_full[k], rtol=1e-5, atol=1e-6)
+
+
+def test_samples_hold_the_per_token_decomposition(config):
+    run = train_ppo(PPOConfig(**{**config.__dict__, "num_iterations": 1, "rewards": "toxicity,toxicity_sentence"}))
+    samples = run.samples(1)
+    assert len(samples) == config.samples_per_log
+    for s in samples:
+        n = len(s["token_ids"])
+        assert n >= 1 and len(s["tokens"]) == n and "".join(s["tokens"]).strip() == s["response"].strip()
+        fields = ("reward/toxicity", "reward/toxicity_sentence", "kl", "value", "advantage", "return", "logprob", "ref_logprob")
+        for f in fields:
+            assert len(s["per_token"][f]) == n, f
+        assert sum(s["per_token"]["reward/toxicity"]) == pytest.approx(s["totals"]["toxicity"], abs=1e-6)
+        assert {seg["component"] for seg in s["segments"]} <= {"toxicity", "toxicity_sentence"}
+        # return = advantage + value on every token (GAE targets)
+        for a, v, r in zip(s["per_token"]["advantage"], s["per_token"]["value"], s["per_token"]["return"]):
+            assert r == pytest.approx(a + v, abs=1e-5)
+
+
+def test_tokens_after_the_first_eos_are_masked():
+    eos = 2
+    ids = torch.tensor([[5, eos, 7, eos, 9], [5, 6, 7, 8, 9], [eos, 3, 3, 3, 3]])
+    mask, ended = mask_after_eos(ids, [eos])
+    assert mask.tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert ended.tolist() == [True, False, True]
+
+
+def test_generate_pads_to_the_longest_response_and_masks_padding(tiny_model, tokenizer):
+    from core.trainers.rollout import generate
+
+    torch.manual_seed(0)
+    ro = generate(tiny_model, tokenizer, PROMPTS[:3], max_new_tokens=5)
+    assert ro.response_ids.shape == ro.response_mask.shape
+    assert ro.response_ids.shape[1] == int(ro.response_mask.sum(1).max()) <= 5
+    assert torch.all(ro.response_ids[~ro.response_mask.bool()] == tokenizer.pad_token_id)
+    assert ro.query_mask.sum(1).tolist() == [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in PROMPTS[:3]]
+
+
+def test_user_function_reward(config):
+    from core.rewards.tensor import FunctionReward
+
+    count_the = FunctionReward(lambda prompt, response: response.lower().split().count("the"), name="the_count")
+    run = train_ppo(PPOConfig(**{**config.__dict__, "num_iterations": 1, "weights": "toxicity=0.0,the_count=1.0"}),
+                    extra_rewards={"the_count": count_the})
+    row = run.metrics()[-1]
+    assert "rewards/the_count" in row and row["rewards/the_count_weight"] == 1.0
+    for s in run.samples(1):
+        assert sum(s["per_token"]["reward/the_count"]) == s["response"].lower().split().count("the")
+        assert s["per_token"]["reward/the_count"][:-1] == [0.0] * (len(s["tokens"]) - 1)  # sequence level: last token
+
+
+def test_function_reward_by_module_path():
+    from core.trainers.rewards_setup import RewardSetupError, build_reward_components, parse_weights
+
+    comps = build_reward_components("toxicity_sentence,operator:contains")
+    assert set(comps) == {"toxicity_sentence", "contains"}
+    assert comps["contains"].score(["a cat"], ["cat"], [[(0, 3)]]) == [[1.0]]  # "cat" in "a cat"
+    assert parse_weights("contains=0.5", comps) == {"toxicity_sentence": 1.0, "contains": 0.5}
+    with pytest.raises(RewardSetupError, match="unknown reward"):
+        parse_weights("nope=1", comps)
+    with pytest.raises(RewardSetupError, match="unknown reward"):
+        build_reward_components("toxicity,what")
+
+
+def test_empty_prompt_set_fails_clearly(config, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    from core.runstore import list_runs
+    from core.trainers.common import TrainingError
+
+    with pytest.raises(TrainingError, match="empty"):
+        train_ppo(PPOConfig(**{**config.__dict__, "prompts": str(empty)}))
+    (run,) = list_runs()
+    status = run.status()
+    assert status["status"] == "failed" and "empty" in status["error"]
+
+
+def test_non_finite_loss_fails_clearly_and_keeps_the_run(config):
+    from core.rewards.tensor import FunctionReward
+    from core.runstore import list_runs
+    from core.trainers.common import NonFiniteLossError
+
+    broken = FunctionReward(lambda prompt, response: float("nan"), name="broken")
+    with pytest.raises(NonFiniteLossError):
+        train_ppo(PPOConfig(**{**config.__dict__, "num_iterations": 1}), extra_rewards={"broken": broken})
+    (run,) = list_runs()
+    assert run.status()["status"] == "failed" and "loss became nan" in run.status()["error"]

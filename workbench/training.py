@@ -1,0 +1,102 @@
+"""Starting trainers from the app: build the trainer's own config dataclass, then hand it to the job runner.
+
+What it is: the pages never construct configs by hand; they pass the user's choices
+(model, weights, β, ...) here, and this module fills the trainer's config (the same
+dataclass the CLI and the notebooks build) keeping only fields the config has.
+``RLHF_WORKBENCH_SHORT`` (JSON, e.g. '{"ppo": {"num_iterations": 1}, "preference": {"num_steps": 2}}')
+overrides fields for tests and quick demos.
+
+What it leaves out: the training itself (``core.trainers.*``), the thread (``workbench.jobs``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+SHORT_ENV = "RLHF_WORKBENCH_SHORT"
+
+
+def env_overrides(section: str) -> dict:
+    """The ``section`` ("ppo" | "preference") part of RLHF_WORKBENCH_SHORT, {} when unset or unreadable."""
+    raw = os.environ.get(SHORT_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    part = value.get(section) if isinstance(value, dict) else None
+    return part if isinstance(part, dict) else {}
+
+
+def _fields(cls_or_obj) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls_or_obj)}
+
+
+def _apply(config, overrides: dict):
+    known = _fields(config)
+    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if k in known})
+
+
+def ppo_reward_specs() -> dict[str, str]:
+    """Name -> entry of PPOConfig.rewards (``core.trainers.rewards_setup`` syntax) for every usable component.
+
+    The profanity-check toxicity rewards always; each learned RM in the store as
+    ``NAME=FOLDER`` and its redistributed form as ``NAME=redistributed:FOLDER``.
+    """
+    from workbench.scoring import available_components
+
+    specs = {}
+    for c in available_components():
+        if c.source == "toxicity":
+            specs[c.name] = c.name
+        elif c.source == "store":
+            specs[c.name] = f"{c.name}={c.ref}"
+        elif c.source == "redistributed":
+            specs[c.name] = f"{c.name}=redistributed:{c.ref}"
+    return specs
+
+
+def short_ppo(model: str, weights: dict[str, float], kl_coef: float, **extra):
+    """(train_ppo, config): the lab's short PPO with these reward weights and β."""
+    from core.trainers.ppo import short_ppo_config, train_ppo
+
+    specs = ppo_reward_specs()
+    names = [n for n, w in weights.items() if w != 0.0] or list(weights)[:1]
+    from core.paths import shared_data_dir
+
+    overrides = {
+        "model_name_or_path": model,
+        **({} if shared_data_dir().is_dir() else {"prompts": "demo"}),  # Davidson openings need the real data
+        "rewards": ",".join(specs.get(n, n) for n in names),
+        "weights": ",".join(f"{n}={weights[n]:g}" for n in names),
+        "kl_coef": float(kl_coef),
+        **extra,
+        **env_overrides("ppo"),
+    }
+    return train_ppo, _apply(short_ppo_config(), overrides)
+
+
+def preference(algorithm: str, model: str, dataset: str, beta: float, label_smoothing: float = 0.0,
+               gamma_beta_ratio: float = 0.5, num_steps: int = 10, **extra):
+    """(train_fn, config) for a short DPO or SimPO run on ``dataset`` (name or .jsonl path)."""
+    if algorithm == "SimPO":
+        from core.trainers import simpo as mod
+
+        train_fn = mod.train_simpo
+    else:
+        from core.trainers import dpo as mod
+
+        train_fn = mod.train_dpo
+    cls = next(v for k, v in vars(mod).items() if k.endswith("Config") and dataclasses.is_dataclass(v) and v.__module__ == mod.__name__)
+    config = cls()
+    overrides = {
+        "model_name_or_path": model, "dataset": dataset, "beta": float(beta), "label_smoothing": float(label_smoothing),
+        "gamma_beta_ratio": float(gamma_beta_ratio), "num_steps": int(num_steps), "lora": True,
+        # a short run: only the pairs the steps will see (the reference pass covers the whole train set) and a small eval set
+        "train_size": min(256, max(16, int(num_steps) * 8)), "eval_size": 16,
+        **extra, **env_overrides("preference"),
+    }
+    return train_fn, _apply(config, overrides)
