@@ -1,0 +1,304 @@
+"""SimPO trainer: Simple Preference Optimization with a reference-free reward (Meng et al. 2024).
+
+Paper: "SimPO: Simple Preference Optimization with a Reference-Free Reward",
+https://arxiv.org/abs/2405.14734. The implicit reward is the length-AVERAGED log-probability
+r(x, y) = (β/|y|) log π(y|x) (eq. 4), and with a target margin γ
+
+    L_SimPO = −log σ( (β/|y_c|) log π(y_c|x) − (β/|y_r|) log π(y_r|x) − γ )      (eq. 6)
+
+γ is set through ``gamma_beta_ratio`` = γ/β, the knob the reference repo
+(princeton-nlp/SimPO) exposes, so γ = gamma_beta_ratio · β. TRL's
+CPOTrainer(loss_type="simpo") takes the ABSOLUTE margin instead: its
+``simpo_gamma`` = gamma_beta_ratio · β here (β = 2, ratio = 0.5 → simpo_gamma = 1.0).
+The maths is ``core.losses.simpo_loss``; label_smoothing > 0 gives the same
+conservative variant as cDPO.
+
+Phases of ``train_simpo`` (the same order as ``dpo.py``, so ``diff dpo.py simpo.py``
+shows the algorithmic difference): 1 setup → 2 data → 3 policy → 4 no reference: nothing
+to precompute → 5 optimizer (and resume) → 6 loop: batch → one concatenated forward
+pass (chosen + rejected, (2B, T)) → loss → update → log → evaluate → checkpoint.
+
+Deviations from the paper, all deliberate:
+- Pairs whose prompt + response does not fit ``max_length`` are dropped, not truncated;
+  prompts are cut from the left to ``max_prompt_length`` first.
+- Learning rate: linear warm-up then constant (the paper uses cosine decay).
+- LoRA is offered (the paper fine-tunes all weights); SimPO needs no reference, so LoRA
+  here only saves optimizer memory.
+
+What it leaves out: the SFT term some SimPO variants add (CPO-SimPO), packing.
+
+Run it:
+    python -m core.trainers.simpo --help
+    python -m core.trainers.simpo --dataset hh-rlhf --num-steps 50
+    accelerate launch -m core.trainers.simpo --no-lora           # several GPUs (DDP)
+    from core.trainers.simpo import SimPOConfig, train_simpo; run = train_simpo(SimPOConfig(), on_log=print)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass
+
+from core.models import DEFAULT_MODEL
+from core.trainers.common import Logger, OnLog, TrainingError, check_finite, run_guard, seed_everything
+
+
+@dataclass
+class SimPOConfig:
+    model_name_or_path: str = DEFAULT_MODEL
+    """policy to fine-tune: an alias, a local folder or a hub id"""
+    dataset: str = "hh-rlhf"
+    """'hh-rlhf', 'qa-feedback', 'demo', or a .jsonl file in TRL schema {prompt, chosen, rejected}"""
+    train_size: int = 256
+    """training pairs (0: every pair that fits max_length)"""
+    eval_size: int = 64
+    """held-out pairs for eval/ metrics (taken before train_size, with a seeded shuffle)"""
+    max_length: int = 256
+    """longest prompt + response in tokens; longer pairs are dropped"""
+    max_prompt_length: int = 128
+    """prompts are cut from the left (their beginning) to this many tokens"""
+    beta: float = 2.0
+    """β: scale of the length-averaged implicit reward (the paper uses 2.0 to 10)"""
+    gamma_beta_ratio: float = 0.5
+    """γ/β: the target reward margin in units of β (TRL's absolute simpo_gamma = gamma_beta_ratio · beta)"""
+    label_smoothing: float = 0.0
+    """ε > 0: labels assumed flipped with probability ε (as conservative DPO)"""
+    learning_rate: float = 5e-5
+    """peak learning rate (5e-5 suits LoRA; the paper uses ~5e-7 to 1e-6 for full fine-tunes)"""
+    warmup_steps: int = 0
+    """linear warm-up steps, then constant"""
+    max_grad_norm: float = 10.0
+    """clip the global gradient norm to this (0: no clipping)"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    batch_size: int = 4
+    """pairs per micro-batch per process (the forward pass sees 2 × batch_size rows)"""
+    gradient_accumulation_steps: int = 2
+    """micro-batches per optimizer step"""
+    num_steps: int = 50
+    """optimizer steps"""
+    num_epochs: float = 0.0
+    """if > 0, train for this many passes over the training pairs instead of num_steps"""
+    eval_every: int = 10
+    """evaluate on the held-out pairs every this many steps (and at step 0 and at the end)"""
+    eval_batch_size: int = 16
+    """pairs per no-grad forward pass (evaluation)"""
+    num_samples: int = 4
+    """held-out pairs written to samples.jsonl, with per-token log-probs, at each evaluation"""
+    save_every: int = 25
+    """checkpoint every this many steps (and at the end); 0: only at the end"""
+    seed: int = 0
+    """seed of the split, the data order and torch"""
+    lora: bool = True
+    """train LoRA adapters instead of all weights"""
+    lora_r: int = 16
+    """LoRA rank"""
+    lora_alpha: int = 32
+    """LoRA alpha (the update is scaled by alpha / r)"""
+    lora_layers: int = 0
+    """train adapters in the last N transformer blocks only (0: all); backprop stops below them, fast on CPU"""
+    resume_from: str = ""
+    """a run folder to continue from its latest checkpoint (its saved config is used)"""
+    run_name: str = ""
+    """name of the run folder (default: the trainer's name)"""
+    trackers: str = ""
+    """'' or a comma list of tensorboard, wandb, trackio"""
+    cpu: bool = False
+    """train on the CPU even when a GPU is present"""
+
+
+def simpo_objective(config: SimPOConfig):
+    """The per-pair loss function: (avg_c, avg_r) -> (losses, chosen_rewards, rejected_rewards)."""
+    from functools import partial
+
+    from core.losses import simpo_loss
+
+    return partial(simpo_loss, beta=config.beta, gamma_beta_ratio=config.gamma_beta_ratio,
+                   label_smoothing=config.label_smoothing)
+
+
+def _check(config: SimPOConfig) -> None:
+    if not 0.0 <= config.label_smoothing < 0.5:
+        raise TrainingError(f"label_smoothing must be in [0, 0.5), got {config.label_smoothing}")
+
+
+def _pair_metrics(losses, chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps, prefix=""):
+    return {
+        f"{prefix}loss": losses.mean(),
+        f"{prefix}rewards/chosen": chosen_rewards.mean(),
+        f"{prefix}rewards/rejected": rejected_rewards.mean(),
+        f"{prefix}rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+        f"{prefix}rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+        f"{prefix}logps/chosen": policy_chosen_logps.mean(),
+        f"{prefix}logps/rejected": policy_rejected_logps.mean(),
+    }
+
+
+def evaluate(model, examples, config: SimPOConfig, tokenizer, accelerator=None):
+    """Held-out metrics (``eval/...``) and the sample rows for samples.jsonl."""
+    from core.trainers.preference_data import pair_logps, token_strings
+
+    keep = range(min(config.num_samples, len(examples)))
+    model.eval()
+    chosen, rejected, per_token = pair_logps(model, examples, config.eval_batch_size, tokenizer.pad_token_id, accelerator, keep)
+    chosen_len, rejected_len = _lengths(examples)
+    losses, chosen_rewards, rejected_rewards = simpo_objective(config)(chosen / chosen_len, rejected / rejected_len)
+    metrics = _pair_metrics(losses, chosen_rewards, rejected_rewards, chosen / chosen_len, rejected / rejected_len, "eval/")
+    samples = []
+    for i in keep:
+        e, (pc, pr) = examples[i], per_token[i]
+        samples.append({
+            "pair": i, "prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected,
+            "chosen_tokens": token_strings(tokenizer, e.chosen_ids), "rejected_tokens": token_strings(tokenizer, e.rejected_ids),
+            "chosen_reward": float(chosen_rewards[i]), "rejected_reward": float(rejected_rewards[i]),
+            "per_token": {  # (β/|y|) log π per response token: sums to the implicit reward (SimPO)
+                "chosen_reward": [config.beta * a / len(pc) for a in pc],
+                "rejected_reward": [config.beta * a / len(pr) for a in pr],
+                "chosen_logps": pc, "rejected_logps": pr,
+            },
+        })
+    return {k: float(v) for k, v in metrics.items()}, samples
+
+
+def _lengths(examples):
+    """Divisors turning summed log-probs into length-averaged ones: the response lengths |y|."""
+    import torch
+
+    return (torch.tensor([float(len(e.chosen_ids)) for e in examples]),
+            torch.tensor([float(len(e.rejected_ids)) for e in examples]))
+
+
+def train_simpo(config: SimPOConfig, on_log: OnLog | None = None):
+    """Train with SimPO; returns the ``Run`` (None on non-main DDP processes)."""
+    import torch
+
+    from core.devices import make_accelerator
+    from core.logprobs import sequence_logprobs
+    from core.models import LoraSettings, apply_lora, load_causal_lm, load_tokenizer
+    from core.trainers import preference_data as pd
+    from core.trainers.common import available_trackers
+
+    # ---- 1. setup: config (a resumed run keeps its own), accelerator, run folder
+    config = pd.resumed_config(config)
+    _check(config)
+    accelerator = make_accelerator(config.gradient_accumulation_steps, cpu=config.cpu,
+                                   log_with=available_trackers(config.trackers) or None)
+    run, start_step, checkpoint = pd.open_run("simpo", config, accelerator.is_main_process)
+    with run_guard(run) if run is not None else contextlib.nullcontext():
+        if config.trackers:
+            accelerator.init_trackers("rlhf-workbench-simpo", config=asdict(config))
+        log = Logger(run, on_log if accelerator.is_main_process else None, accelerator)
+        seed_everything(config.seed)
+
+        # ---- 2. data: records -> token ids -> (train, held-out); the order is a function of (seed, step)
+        tokenizer = load_tokenizer(config.model_name_or_path)
+        examples = pd.tokenize_preferences(tokenizer, pd.load_preference_records(config.dataset),
+                                           config.max_length, config.max_prompt_length)
+        train, held_out = pd.split_examples(examples, config.eval_size, config.seed, config.train_size)
+        B, accum, world = config.batch_size, config.gradient_accumulation_steps, accelerator.num_processes
+        num_steps = config.num_steps
+        if config.num_epochs > 0:
+            num_steps = math.ceil(config.num_epochs * len(train) / (B * accum * world))
+
+        # ---- 3. policy: full fine-tune in fp32 (bf16 autocast on GPU) or LoRA on a bf16/fp32 backbone
+        model = load_causal_lm(config.model_name_or_path, device=accelerator.device,
+                               dtype=None if config.lora else torch.float32)
+        model.config.use_cache = False
+        if config.lora:
+            model = apply_lora(model, LoraSettings(r=config.lora_r, alpha=config.lora_alpha))
+
+        # ---- 4. no reference model: SimPO's reward needs only the policy
+
+        # ---- 5. optimizer; resume weights, optimizer and RNG from the latest checkpoint
+        if config.lora:  # after the reference pass: leaving peft's disable_adapter() re-enables every adapter
+            pd.train_only_last_layers(model, config.lora_layers)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        if checkpoint is not None:
+            pd.restore_checkpoint(checkpoint, model, optimizer)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        objective = simpo_objective(config)
+
+        if start_step == 0:
+            metrics, samples = evaluate(accelerator.unwrap_model(model), held_out, config, tokenizer, accelerator)
+            log(0, metrics)
+            if run is not None:
+                run.log_samples(0, samples)
+
+        # ---- 6. training loop
+        for step in range(start_step + 1, num_steps + 1):
+            t0 = time.perf_counter()
+            model.train()
+            lr = pd.learning_rate_at(step, config.learning_rate, config.warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            stats, non_pad, grad_norm = [], 0, torch.zeros(())
+            for micro in range(accum):
+                # 6a. batch: B pairs -> one (2B, T) batch, left-padded to its own longest row
+                idx = pd.batch_indices(len(train), config.seed, step, micro, B, accum, accelerator.process_index, world)
+                batch = pd.collate_preferences([train[i] for i in idx], tokenizer.pad_token_id)
+                non_pad += int(batch["attention_mask"].sum())
+                with accelerator.accumulate(model):
+                    # 6b. one forward pass for chosen and rejected together
+                    per_token_logps, mask = pd.completion_forward(model, batch)  # (2B, K)
+                    logps = sequence_logprobs(per_token_logps, mask, average=True)  # (2B,) length-averaged
+                    policy_chosen_logps, policy_rejected_logps = logps[:B], logps[B:]
+                    # 6c. loss: per-pair losses, then the reduction
+                    losses, chosen_rewards, rejected_rewards = objective(policy_chosen_logps, policy_rejected_logps)
+                    loss = losses.mean()
+                    check_finite(loss, step)
+                    # 6d. update (accelerate scales by 1/accum and syncs DDP gradients on the last micro-batch)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
+                    optimizer.step()
+                    optimizer.zero_grad()
+                stats.append(torch.stack([losses.detach(), chosen_rewards, rejected_rewards,
+                                          policy_chosen_logps.detach(), policy_rejected_logps.detach()]).cpu())
+
+            # 6e. log: means over every pair of the step, on all processes
+            stats = accelerator.gather(torch.cat(stats, dim=1).to(accelerator.device)).cpu()  # (5, pairs)
+            if world > 1:
+                stats = stats.view(world, 5, -1).transpose(0, 1).reshape(5, -1)
+            non_pad = int(accelerator.reduce(torch.tensor(non_pad, device=accelerator.device), "sum"))
+            step_s = time.perf_counter() - t0
+            metrics = _pair_metrics(*stats)
+            metrics.update({"grad_norm": float(grad_norm), "lr": lr, "epoch": pd.epoch_at(step, len(train), B, accum, world),
+                            "time/step_s": step_s, "tokens/non_pad": non_pad, "tokens/per_second": non_pad / step_s})
+            log(step, metrics)
+
+            # 6f. evaluate on held-out pairs; 6g. checkpoint
+            if step % config.eval_every == 0 or step == num_steps:
+                metrics, samples = evaluate(accelerator.unwrap_model(model), held_out, config, tokenizer, accelerator)
+                log(step, metrics)
+                if run is not None:
+                    run.log_samples(step, samples)
+            if (config.save_every and step % config.save_every == 0) or step == num_steps:
+                accelerator.wait_for_everyone()
+                pd.save_checkpoint(run, step, accelerator.unwrap_model(model), optimizer)
+        if config.trackers:
+            accelerator.end_training()
+    return run
+
+
+def main() -> None:
+    import tyro
+    from tqdm import tqdm
+
+    config = tyro.cli(SimPOConfig)
+    bar = tqdm(total=config.num_steps, desc="simpo")
+
+    def on_log(step, metrics):
+        bar.update(step - bar.n)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if k in ("loss", "eval/rewards/accuracies")})
+
+    run = train_simpo(config, on_log=on_log)
+    bar.close()
+    if run is not None:
+        print(f"run folder: {run.path}")
+
+
+if __name__ == "__main__":
+    main()
