@@ -79,19 +79,9 @@ def run_panel(model: str, dataset, records) -> None:
     steps = cols[3].number_input("Steps", 1, 200, 10, key=K("steps"))
     busy = registry().running()
     if st.button(f"Run short {algorithm}", key=K("start"), type="primary", disabled=busy is not None or dataset is None):
-        try:
-            train_fn, config = training.preference(algorithm, model, dataset, beta, smoothing, gamma_ratio, int(steps),
-                                                     cpu=state.current_device() == "cpu")
-        except ImportError:
-            st.error(f"The {algorithm} trainer (core/trainers/{algorithm.lower()}.py) is not installed yet; update the checkout.")
-            return
-        try:
-            job = registry().start(algorithm.lower(), train_fn, config, label=f"{algorithm} β={beta:g}")
-        except RuntimeError as exc:
-            st.warning(str(exc))
-            return
-        st.session_state.setdefault(K("jobs"), []).append(job.id)
-        st.rerun()
+        train_fn, config = training.preference(algorithm, model, dataset, beta, smoothing, gamma_ratio, int(steps),
+                                               cpu=state.current_device() == "cpu")
+        components.start_job(algorithm.lower(), train_fn, config, f"{algorithm} β={beta:g}", K("jobs"))
     if busy is not None:
         st.caption(f"A training is running ('{busy.label}'); the button comes back when it ends.")
 

@@ -42,18 +42,8 @@ def start_panel(model: str) -> None:
         if not any(weights.values()):
             st.error("All weights are 0: the policy would only be pulled towards the reference. Give at least one component a weight.")
             return
-        try:
-            train_fn, config = training.short_ppo(model, weights, beta, cpu=state.current_device() == "cpu")
-        except ImportError:
-            st.error("The PPO trainer (core/trainers/ppo.py) is not installed yet; update the checkout.")
-            return
-        try:
-            job = registry().start("ppo", train_fn, config, label=label)
-        except RuntimeError as exc:
-            st.warning(str(exc))
-            return
-        st.session_state.setdefault(K("jobs"), []).append(job.id)
-        st.rerun()
+        train_fn, config = training.short_ppo(model, weights, beta, cpu=state.current_device() == "cpu")
+        components.start_job("ppo", train_fn, config, label, K("jobs"))
     if busy is not None:
         st.caption(f"A training is running ('{busy.label}'); the button comes back when it ends.")
 

@@ -89,10 +89,7 @@ def pick_pair(model: str) -> tuple[str, str, list[dict]]:
     source = top[0].radio("Example", SOURCES, key=K("source"), horizontal=True)
     prompt, response, spans = "", "", []
     if source in SOURCES[:3]:
-        try:
-            recs, note = _load(source)
-        except ImportError:
-            recs, note = None, "The data loaders (core/data.py) are not installed yet; type a pair instead."
+        recs, note = _load(source)
         if recs is None:
             st.info(note)
             source = "Type your own"

@@ -44,7 +44,7 @@ def friendly(exc: BaseException) -> str:
     if isinstance(exc, RunStoreError) or isinstance(exc, FileNotFoundError):
         return f"{text}. Pick another run in the sidebar (the folder may have been deleted)."
     if isinstance(exc, ModuleNotFoundError):
-        return f"{text}. This part of the workbench is not installed yet; run ./wb install or update the checkout."
+        return f"{text}. A package is missing from the environment: run ./wb install."
     if "out of memory" in text.lower():
         return f"{text}. Use the tiny model or shorter texts."
     if name in ("ModelLoadError", "DataError", "TrainingError", "ValueError"):
@@ -205,3 +205,20 @@ def highlighted(text: str, spans: list[dict]) -> str:
         pos = s["end"]
     out.append(html.escape(text[pos:]))
     return '<div style="line-height:1.7;white-space:pre-wrap">' + "".join(out) + "</div>"
+
+
+def start_job(kind: str, train_fn, config, label: str, jobs_key: str) -> None:
+    """Start a training off the script thread, remember its id under ``jobs_key`` and rerun.
+
+    Only one training runs at a time (the registry refuses a second one): that refusal
+    is shown as a warning, not an error.
+    """
+    from workbench.jobs import registry
+
+    try:
+        job = registry().start(kind, train_fn, config, label=label)
+    except RuntimeError as exc:
+        st.warning(str(exc))
+        return
+    st.session_state.setdefault(jobs_key, []).append(job.id)
+    st.rerun()

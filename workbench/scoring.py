@@ -39,20 +39,11 @@ class ComponentInfo:
     ref: str = ""  # folder of a stored reward model
 
 
-def _store():
-    try:
-        from core.rewards import store
-    except ImportError:
-        return None
-    return store
-
-
 def _stored_models() -> list[tuple[str, dict]]:
-    """(folder, metadata) of every saved reward model; [] when the store module is missing or empty."""
-    store = _store()
-    if store is None:
-        return []
+    """(folder, metadata) of every saved reward model; [] when the store is empty or unreadable."""
     import os
+
+    from core.rewards import store
 
     out = []
     root = os.environ.get(STORE_ENV) or None  # e.g. tests: a folder of their own instead of the user's cache
@@ -86,17 +77,9 @@ def available_components() -> list[ComponentInfo]:
         if any(c.name == name for c in comps):
             name = base
         comps.append(ComponentInfo(name, f"{name} ({meta.get('kind', 'rm')}, {meta.get('level', '?')})", meta.get("level", "sequence"), "store", folder))
-        if meta.get("kind") == "preference" and _redistribution_available():
+        if meta.get("kind") == "preference":
             comps.append(ComponentInfo(f"{name}_redistributed", f"{name} redistributed over tokens (RED)", "token", "redistributed", folder))
     return comps
-
-
-def _redistribution_available() -> bool:
-    try:
-        from core.rewards import redistribution  # noqa: F401
-    except ImportError:
-        return False
-    return hasattr(redistribution, "RedistributedReward")
 
 
 def has_learned_models() -> bool:
@@ -111,7 +94,8 @@ def build_component(name: str, source: str, ref: str = ""):
 
         cls = HolisticToxicityReward if name == "toxicity" else SentenceToxicityReward
         return cls(scorer=_profanity(), name=name)
-    store = _store()
+    from core.rewards import store
+
     if source == "store":
         comp = store.load_reward_component(ref)
         comp.name = name
