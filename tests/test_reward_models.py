@@ -110,7 +110,7 @@ def test_lora_training_changes_adapters_and_resumes(tmp_path):
     adapters = load_file(str(run.latest_checkpoint()[1] / "model.safetensors"))
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapters.items())  # lora_B starts at 0
     # resume: a second epoch continues at step 5 in the same run folder
-    cfg.epochs, cfg.resume = 2, str(run.path)
+    cfg.epochs, cfg.resume_from = 2, str(run.path)
     train_reward_model(cfg)
     steps = [r["step"] for r in Run.open(run.path).metrics() if "loss" in r]
     assert steps == list(range(1, 9))

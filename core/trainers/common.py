@@ -19,7 +19,7 @@ import random
 from typing import Any, Callable
 
 from core.metrics import is_defined
-from core.runstore import Run
+from core.runstore import Run, RunStoreError
 
 OnLog = Callable[[int, dict], Any]
 
@@ -105,3 +105,43 @@ def available_trackers(requested: str | None) -> list[str]:
     if missing:
         raise TrainingError(f"tracker(s) {missing} requested but not installed: pip install {' '.join(missing)}")
     return names
+
+
+def resumed_config(config, keep: tuple[str, ...] = ("num_steps", "trackers", "cpu")):
+    """With ``config.resume_from``, the run's saved config, except the fields in ``keep``; else ``config``.
+
+    A resumed run continues with the settings it was started with; only its length and
+    where it runs may change (``keep``: e.g. PPO passes ``num_iterations``).
+    """
+    import dataclasses
+
+    if not config.resume_from:
+        return config
+    try:
+        stored = Run.open(config.resume_from).config
+    except RunStoreError as exc:
+        raise TrainingError(f"cannot resume: {exc}") from None
+    known = {f.name for f in dataclasses.fields(config)}
+    base = type(config)(**{k: v for k, v in stored.items() if k in known})
+    return dataclasses.replace(base, resume_from=config.resume_from, **{k: getattr(config, k) for k in keep})
+
+
+def open_run(kind: str, config, is_main: bool):
+    """(run or None on non-main processes, start step, checkpoint folder or None) for a new or resumed run.
+
+    Resuming truncates metrics and samples after the checkpoint's step, so the run
+    continues the same history.
+    """
+    if not config.resume_from:
+        return (Run.create(kind, config, name=config.run_name or None) if is_main else None), 0, None
+    run = Run.open(config.resume_from)
+    if run.kind != kind:
+        raise TrainingError(f"cannot resume {run.path}: it is a '{run.kind}' run, not '{kind}'")
+    latest = run.latest_checkpoint()
+    if latest is None:
+        raise TrainingError(f"cannot resume {run.path}: it has no checkpoint yet (save_every too large?)")
+    step, folder = latest
+    if is_main:
+        run.truncate_after(step)
+        run.set_status("running", step=step, error=None)
+    return (run if is_main else None), step, folder

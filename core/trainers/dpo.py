@@ -46,7 +46,8 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from core.models import DEFAULT_MODEL
-from core.trainers.common import Logger, OnLog, TrainingError, check_finite, run_guard, seed_everything
+from core.trainers.common import (Logger, OnLog, TrainingError, check_finite, open_run, resumed_config, run_guard,
+                                  seed_everything)
 
 
 @dataclass
@@ -209,11 +210,11 @@ def train_dpo(config: DPOConfig, on_log: OnLog | None = None):
     from core.trainers.common import available_trackers
 
     # ---- 1. setup: config (a resumed run keeps its own), accelerator, run folder
-    config = pd.resumed_config(config)
+    config = resumed_config(config)
     _check(config)
     accelerator = make_accelerator(config.gradient_accumulation_steps, cpu=config.cpu,
                                    log_with=available_trackers(config.trackers) or None)
-    run, start_step, checkpoint = pd.open_run("dpo", config, accelerator.is_main_process)
+    run, start_step, checkpoint = open_run("dpo", config, accelerator.is_main_process)
     with run_guard(run) if run is not None else contextlib.nullcontext():
         if config.trackers:
             accelerator.init_trackers("rlhf-workbench-dpo", config=asdict(config))

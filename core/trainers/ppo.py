@@ -59,7 +59,8 @@ from core.losses import ppo_policy_loss, ppo_value_loss, ptx_loss
 from core.models import DEFAULT_MODEL
 from core.rl import AdaptiveKLController, FixedKLController, gae, kl_penalized_rewards, masked_mean, masked_whiten
 from core.runstore import Run
-from core.trainers.common import Logger, TrainingError, available_trackers, check_finite, run_guard, seed_everything
+from core.trainers.common import (Logger, TrainingError, available_trackers, check_finite, open_run, resumed_config,
+                                  run_guard, seed_everything)
 from core.trainers.rollout import Rollout, generate, score_tokens
 
 
@@ -131,7 +132,7 @@ class PPOConfig:
     """'shared' value head on the policy backbone, or 'separate' scalar-head model"""
     ptx_coef: float = 0.0
     """gamma of PPO-ptx (0 = plain PPO, the ptx data is then not even loaded)"""
-    ptx_dataset: str = "qa_feedback"
+    ptx_dataset: str = "qa-feedback"
     """text for the ptx term: 'qa_feedback' (SFT answers), 'demo', or a .txt / .jsonl ('text') path"""
     ptx_batch_size: int = 4
     """texts per ptx term, per micro-batch"""
@@ -203,13 +204,10 @@ def load_prompts(spec: str, n: int, seed: int = 0) -> list[str]:
 
 def load_ptx_texts(spec: str) -> list[str]:
     """Texts for the ptx term: QA-Feedback SFT answers, the demo responses, or a .txt / .jsonl file."""
-    if spec == "qa_feedback":
-        from core.paths import shared_data_dir
+    if spec in ("qa-feedback", "qa_feedback"):
+        from core.trainers.preference_data import qa_feedback_sft_records
 
-        path = shared_data_dir() / "qa_feedback" / "sft.json"
-        if not path.is_file():
-            raise TrainingError(f"ptx_dataset 'qa_feedback' needs {path}; use ptx_dataset='demo' or a file")
-        texts = [r["answer"] for r in json.loads(path.read_text())]
+        texts = [r["completion"] for r in qa_feedback_sft_records()]  # the SFT answers
     elif spec == "demo":
         from core.data import load_demo_set
 
@@ -217,7 +215,7 @@ def load_ptx_texts(spec: str) -> list[str]:
     else:
         path = Path(spec).expanduser()
         if not path.is_file():
-            raise TrainingError(f"ptx_dataset {spec!r}: not 'qa_feedback', 'demo' nor an existing file")
+            raise TrainingError(f"ptx_dataset {spec!r}: not 'qa-feedback', 'demo' nor an existing file")
         lines = [line for line in path.read_text().splitlines() if line.strip()]
         texts = [json.loads(line)["text"] for line in lines] if path.suffix == ".jsonl" else lines
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
@@ -320,19 +318,13 @@ def train_ppo(config: PPOConfig, on_log=None, *, extra_rewards: dict | None = No
     from core.rewards.tensor import compute_token_rewards
     from core.trainers.rewards_setup import build_reward_components, parse_weights
 
+    config = resumed_config(config, keep=("num_iterations", "trackers", "cpu"))  # a resumed run keeps its settings
     if config.minibatch_size % config.gradient_accumulation_steps or config.batch_size % config.minibatch_size:
         raise TrainingError("batch_size must be a multiple of minibatch_size, and minibatch_size of gradient_accumulation_steps")
     trackers = available_trackers(config.trackers)
     accelerator = make_accelerator(config.gradient_accumulation_steps, cpu=config.cpu, log_with=trackers or None)
     main = accelerator.is_main_process
-    if config.resume_from:
-        run = Run.open(config.resume_from)
-        checkpoint = run.latest_checkpoint()
-        if checkpoint is None:
-            raise TrainingError(f"cannot resume {config.resume_from}: it has no checkpoint")
-    else:
-        run = Run.create("ppo", config, name=config.run_name or "ppo") if main else None
-        checkpoint = None
+    run, resumed_step, checkpoint_folder = open_run("ppo", config, main)
     log = Logger(run if main else None, on_log if main else None, accelerator)
 
     with run_guard(run) if main else contextlib.nullcontext():
@@ -365,18 +357,13 @@ def train_ppo(config: PPOConfig, on_log=None, *, extra_rewards: dict | None = No
             else:
                 raise TrainingError("no reference policy: use lora=True or keep the frozen copy")
 
-        start = 1
-        if checkpoint is not None:
-            step, folder = checkpoint
-            load_trainable_state_dict(unwrapped, folder)
-            load_optimizer_tensors(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, folder)
-            state = json.loads((folder / "trainer_state.json").read_text())
+        start = resumed_step + 1
+        if checkpoint_folder is not None:
+            load_trainable_state_dict(unwrapped, checkpoint_folder)
+            load_optimizer_tensors(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, checkpoint_folder)
+            state = json.loads((checkpoint_folder / "trainer_state.json").read_text())
             kl_ctl.value = state["kl_coef"]
             set_rng_state(state["rng"])
-            start = step + 1
-            if main:
-                run.truncate_after(step)
-                run.set_status("running", step=step)
 
         def evaluate(step):
             from core.evaluation import evaluate_policy

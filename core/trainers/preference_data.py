@@ -83,7 +83,7 @@ def _read_prompt_completion_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _qa_feedback_sft() -> list[dict]:
+def qa_feedback_sft_records() -> list[dict]:
     """QA-Feedback sft.json: ``text`` (question + passages) -> ``answer`` (a JSON list of answers; the first is used)."""
     from core.data import DataError
     from core.paths import shared_data_dir
@@ -115,7 +115,7 @@ def load_sft_records(dataset: str, limit: int | None = None) -> list[dict]:
     """
     path = Path(dataset)
     if dataset == "qa-feedback":
-        records = _qa_feedback_sft()
+        records = qa_feedback_sft_records()
     elif dataset not in PREFERENCE_DATASETS and path.is_file():
         with open(path) as f:
             first = next((json.loads(line) for line in f if line.strip()), {})
@@ -391,43 +391,6 @@ def _nullcontext():
 
 
 # ----------------------------------------------------------------------------- run plumbing shared by the trainers
-
-
-def resumed_config(config):
-    """With ``resume_from``, the run's saved config (only num_steps, trackers and cpu may change); else ``config``."""
-    import dataclasses
-
-    if not config.resume_from:
-        return config
-    from core.runstore import Run, RunStoreError
-
-    try:
-        stored = Run.open(config.resume_from).config
-    except RunStoreError as exc:
-        raise TrainingError(f"cannot resume: {exc}") from None
-    known = {f.name for f in dataclasses.fields(config)}
-    base = type(config)(**{k: v for k, v in stored.items() if k in known})
-    return dataclasses.replace(base, resume_from=config.resume_from, num_steps=config.num_steps,
-                               trackers=config.trackers, cpu=config.cpu)
-
-
-def open_run(kind: str, config, is_main: bool):
-    """(run or None on non-main processes, start step, checkpoint folder or None) for a new or resumed run."""
-    from core.runstore import Run
-
-    if not config.resume_from:
-        return (Run.create(kind, config, name=config.run_name or None) if is_main else None), 0, None
-    run = Run.open(config.resume_from)
-    if run.kind != kind:
-        raise TrainingError(f"cannot resume {run.path}: it is a '{run.kind}' run, not '{kind}'")
-    latest = run.latest_checkpoint()
-    if latest is None:
-        raise TrainingError(f"cannot resume {run.path}: it has no checkpoint yet (save_every too large?)")
-    step, folder = latest
-    if is_main:
-        run.truncate_after(step)
-        run.set_status("running", step=step, error=None)
-    return (run if is_main else None), step, folder
 
 
 def restore_checkpoint(folder, model, optimizer) -> None:

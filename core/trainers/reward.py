@@ -7,7 +7,7 @@ feedback" (InstructGPT), sec. 3.5, eq. 1 with K = 2 (Stiennon et al. 2020 before
 
 where r(x, y) is the score head read at the last token of prompt + response. The same
 trainer makes the C3 (incompleteness) reward model of Wu et al. 2023 (``dataset=
-"qa_feedback"``): their completeness RM is also a preference RM, trained on the
+"qa-feedback"``): their completeness RM is also a preference RM, trained on the
 QA-Feedback comparisons.
 
 Phases of ``train_reward_model``:
@@ -32,8 +32,8 @@ What it leaves out: K-wise ranking batches (``core.losses.ranking_loss`` exists)
 margins from preference strength, reward-model ensembles.
 
     python -m core.trainers.reward --help
-    python -m core.trainers.reward --dataset hh_rlhf --limit 300
-    python -m core.trainers.reward --dataset qa_feedback --category C3
+    python -m core.trainers.reward --dataset hh-rlhf --limit 300
+    python -m core.trainers.reward --dataset qa-feedback --category C3
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ from pathlib import Path
 
 from core.models import DEFAULT_MODEL
 from core.runstore import Run
-from core.trainers.common import Logger, OnLog, TrainingError, available_trackers, check_finite, run_guard, seed_everything
+from core.trainers.common import (Logger, OnLog, TrainingError, available_trackers, check_finite, resumed_config, run_guard,
+                                  seed_everything)
 
 
 @dataclass
@@ -54,8 +55,8 @@ class RewardConfig:
 
     model: str = DEFAULT_MODEL
     """backbone: an alias, a local folder or a Hugging Face id"""
-    dataset: str = "hh_rlhf"
-    """'hh_rlhf' (Anthropic harmless-base), 'qa_feedback' (QA-Feedback comparisons, ties dropped) or a TRL .jsonl path"""
+    dataset: str = "hh-rlhf"
+    """'hh-rlhf' (Anthropic harmless-base), 'qa-feedback' (QA-Feedback comparisons, ties dropped) or a TRL .jsonl path"""
     limit: int = 300
     """read at most this many preference pairs (0 = all)"""
     eval_fraction: float = 0.2
@@ -94,9 +95,9 @@ class RewardConfig:
     """save the final model with core.rewards.store"""
     save_dir: str = ""
     """where to save the model (default: cache_dir()/reward_models/<name>)"""
-    resume: str = ""
-    """path of a run folder to continue from its latest checkpoint"""
-    tracker: str = ""
+    resume_from: str = ""
+    """path of a run folder to continue from its latest checkpoint (its saved config is used; epochs may change)"""
+    trackers: str = ""
     """accelerate trackers, comma separated: tensorboard, wandb, trackio"""
     cpu: bool = False
     """force CPU even when a GPU is present"""
@@ -112,16 +113,17 @@ def _load_pairs(config: RewardConfig) -> tuple[list[dict], str]:
     from core import data
 
     limit = config.limit or None
-    if config.dataset == "hh_rlhf":
+    dataset = config.dataset.replace("_", "-") if not config.dataset.endswith(".jsonl") else config.dataset
+    if dataset == "hh-rlhf":
         return list(data.load_hh_rlhf(limit=limit)), " "
-    if config.dataset == "qa_feedback":
+    if dataset == "qa-feedback":
         recs = list(data.load_qa_feedback_preferences())
         return (recs[:limit] if limit else recs), " answer: "  # FineGrainedRLHF's RM input: "{prompt} answer: {y}"
     path = Path(config.dataset)
     if path.suffix in (".jsonl", ".json") or path.is_file():
         recs = data.load_preference_jsonl(path)
         return (recs[:limit] if limit else recs), " "
-    raise TrainingError(f"unknown dataset {config.dataset!r}: use 'hh_rlhf', 'qa_feedback' or a path to a .jsonl file")
+    raise TrainingError(f"unknown dataset {config.dataset!r}: use 'hh-rlhf', 'qa-feedback' or a path to a .jsonl file")
 
 
 def _default_name(config: RewardConfig) -> str:
@@ -129,7 +131,8 @@ def _default_name(config: RewardConfig) -> str:
         return config.name
     if config.category == "C3":
         return "c3-completeness"
-    return f"holistic-{Path(config.dataset).stem if config.dataset not in ('hh_rlhf', 'qa_feedback') else config.dataset}"
+    dataset = config.dataset.replace("_", "-")
+    return f"holistic-{Path(config.dataset).stem if dataset not in ('hh-rlhf', 'qa-feedback') else dataset.replace('-', '_')}"
 
 
 def _texts(tokenizer, records, separator):
@@ -218,12 +221,13 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run
     from core.losses import bradley_terry_loss
     from core.models import LoraSettings, apply_lora, count_parameters, load_reward_model, load_tokenizer
 
+    config = resumed_config(config, keep=("epochs", "trackers", "cpu", "progress"))
     name = _default_name(config)
-    run = Run.open(config.resume) if config.resume else Run.create("reward", config, name=name)
+    run = Run.open(config.resume_from) if config.resume_from else Run.create("reward", config, name=name)
     with run_guard(run):
         seed_everything(config.seed)
-        accelerator = make_accelerator(cpu=config.cpu, log_with=available_trackers(config.tracker) or None, project_dir=str(run.path))
-        if config.tracker:
+        accelerator = make_accelerator(cpu=config.cpu, log_with=available_trackers(config.trackers) or None, project_dir=str(run.path))
+        if config.trackers:
             accelerator.init_trackers(name)
         t_start = time.time()
         device = accelerator.device
@@ -282,7 +286,7 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run
                     for i in range(0, len(train), config.batch_size)]
         start = 0
         latest = run.latest_checkpoint()
-        if config.resume and latest is not None:
+        if config.resume_from and latest is not None:
             start, ckpt = latest
             load_trainable_state_dict(accelerator.unwrap_model(model), ckpt)
             load_optimizer_tensors(optimizer, ckpt)

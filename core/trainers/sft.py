@@ -41,7 +41,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from core.models import DEFAULT_MODEL
-from core.trainers.common import Logger, OnLog, check_finite, run_guard, seed_everything
+from core.trainers.common import Logger, OnLog, check_finite, open_run, resumed_config, run_guard, seed_everything
 
 
 @dataclass
@@ -160,10 +160,10 @@ def train_sft(config: SFTConfig, on_log: OnLog | None = None):
     from core.trainers.common import available_trackers
 
     # ---- 1. setup: config (a resumed run keeps its own), accelerator, run folder
-    config = pd.resumed_config(config)
+    config = resumed_config(config)
     accelerator = make_accelerator(config.gradient_accumulation_steps, cpu=config.cpu,
                                    log_with=available_trackers(config.trackers) or None)
-    run, start_step, checkpoint = pd.open_run("sft", config, accelerator.is_main_process)
+    run, start_step, checkpoint = open_run("sft", config, accelerator.is_main_process)
     with run_guard(run) if run is not None else contextlib.nullcontext():
         if config.trackers:
             accelerator.init_trackers("rlhf-workbench-sft", config=asdict(config))
