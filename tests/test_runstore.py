@@ -111,3 +111,23 @@ def test_logger_rejects_undefined_names(tmp_path):
     assert seen == [(1, {"loss": 0.5})]
     with pytest.raises(KeyError, match="not defined"):
         log(2, {"made/up": 1.0})
+
+
+def test_resumed_config_keeps_saved_settings_unless_changed(tmp_path, monkeypatch):
+    from dataclasses import dataclass as dc
+
+    from core.trainers.common import resumed_config
+
+    @dc
+    class TrainCfg:
+        lr: float = 1e-3
+        num_steps: int = 50
+        cpu: bool = False
+        trackers: str = ""
+        resume_from: str = ""
+
+    run = Run.create("dpo", TrainCfg(lr=5e-4, num_steps=6), root=tmp_path)
+    same = resumed_config(TrainCfg(resume_from=str(run.path)))  # e.g. `--resume-from RUN` alone
+    assert (same.lr, same.num_steps) == (5e-4, 6)
+    longer = resumed_config(TrainCfg(lr=9.0, num_steps=12, resume_from=str(run.path)))
+    assert (longer.lr, longer.num_steps) == (5e-4, 12)  # lr is not in `keep`: the saved one stays

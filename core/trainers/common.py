@@ -111,7 +111,9 @@ def resumed_config(config, keep: tuple[str, ...] = ("num_steps", "trackers", "cp
     """With ``config.resume_from``, the run's saved config, except the fields in ``keep``; else ``config``.
 
     A resumed run continues with the settings it was started with; only its length and
-    where it runs may change (``keep``: e.g. PPO passes ``num_iterations``).
+    where it runs may change (``keep``: e.g. PPO passes ``num_iterations``), and only
+    when the caller set them to something other than their default (a CLI passes every
+    default, so ``--resume-from RUN`` alone finishes the run as it was planned).
     """
     import dataclasses
 
@@ -121,9 +123,21 @@ def resumed_config(config, keep: tuple[str, ...] = ("num_steps", "trackers", "cp
         stored = Run.open(config.resume_from).config
     except RunStoreError as exc:
         raise TrainingError(f"cannot resume: {exc}") from None
-    known = {f.name for f in dataclasses.fields(config)}
-    base = type(config)(**{k: v for k, v in stored.items() if k in known})
-    return dataclasses.replace(base, resume_from=config.resume_from, **{k: getattr(config, k) for k in keep})
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    base = type(config)(**{k: v for k, v in stored.items() if k in fields})
+    # a field in `keep` takes the new value only when the caller set it (differs from the default)
+    changed = {k: getattr(config, k) for k in keep if getattr(config, k) != _default_of(fields[k])}
+    return dataclasses.replace(base, resume_from=config.resume_from, **changed)
+
+
+def _default_of(field):
+    import dataclasses
+
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
 
 
 def open_run(kind: str, config, is_main: bool):
