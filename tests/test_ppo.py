@@ -199,3 +199,13 @@ def test_non_finite_loss_fails_clearly_and_keeps_the_run(config):
         train_ppo(PPOConfig(**{**config.__dict__, "num_iterations": 1}), extra_rewards={"broken": broken})
     (run,) = list_runs()
     assert run.status()["status"] == "failed" and "loss became nan" in run.status()["error"]
+
+
+def test_prompt_file_rows_without_prompt_name_file_and_record(tmp_path):
+    from core.data import DataError
+    from core.trainers.ppo import load_prompts
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "Tell me about cats."}\n{"question": "no prompt field"}\n')
+    with pytest.raises(DataError, match=r"prompts.jsonl, record 1: needs a non-empty 'prompt'"):
+        load_prompts(str(path), 2, seed=0)

@@ -87,7 +87,7 @@ class DPOConfig:
     num_epochs: float = 0.0
     """if > 0, train for this many passes over the training pairs instead of num_steps"""
     eval_every: int = 10
-    """evaluate on the held-out pairs every this many steps (and at step 0 and at the end)"""
+    """evaluate on the held-out pairs every this many steps, and at step 0 and at the end (0: only those two)"""
     eval_batch_size: int = 16
     """pairs per no-grad forward pass (reference log-probs and evaluation)"""
     num_samples: int = 4
@@ -308,7 +308,7 @@ def train_dpo(config: DPOConfig, on_log: OnLog | None = None):
             log(step, metrics)
 
             # 6f. evaluate on held-out pairs; 6g. checkpoint
-            if step % config.eval_every == 0 or step == num_steps:
+            if (config.eval_every and step % config.eval_every == 0) or step == num_steps:
                 metrics, samples = evaluate(accelerator.unwrap_model(model), held_out, ref_eval, config, tokenizer, accelerator)
                 log(step, metrics)
                 if run is not None:

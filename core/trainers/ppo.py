@@ -195,11 +195,24 @@ def load_prompts(spec: str, n: int, seed: int = 0) -> list[str]:
         if not path.is_file():
             raise TrainingError(f"prompts {spec!r}: not 'davidson', 'demo', 'hh-rlhf' nor an existing .txt/.jsonl file")
         if path.suffix == ".jsonl":
-            prompts = [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
+            prompts = [_jsonl_field(path, i, line, "prompt") for i, line in enumerate(path.read_text().splitlines()) if line.strip()]
         else:
             prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         random.Random(seed).shuffle(prompts)
     return prompts[:n]
+
+
+def _jsonl_field(path: Path, index: int, line: str, field: str) -> str:
+    """One string field of a JSON-lines row, or a DataError naming the file and the record."""
+    from core.data import DataError
+
+    try:
+        value = json.loads(line).get(field)
+    except (ValueError, AttributeError):
+        raise DataError(path, index, "not a JSON object (the file must be JSON lines)") from None
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(path, index, f"needs a non-empty '{field}' string")
+    return value
 
 
 def load_ptx_texts(spec: str) -> list[str]:
@@ -217,7 +230,7 @@ def load_ptx_texts(spec: str) -> list[str]:
         if not path.is_file():
             raise TrainingError(f"ptx_dataset {spec!r}: not 'qa-feedback', 'demo' nor an existing file")
         lines = [line for line in path.read_text().splitlines() if line.strip()]
-        texts = [json.loads(line)["text"] for line in lines] if path.suffix == ".jsonl" else lines
+        texts = [_jsonl_field(path, i, line, "text") for i, line in enumerate(lines)] if path.suffix == ".jsonl" else lines
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
     if not texts:
         raise TrainingError(f"ptx_dataset {spec!r} holds no text")

@@ -75,7 +75,7 @@ class SFTConfig:
     num_epochs: float = 0.0
     """if > 0, train for this many passes over the training examples instead of num_steps"""
     eval_every: int = 10
-    """evaluate on the held-out examples every this many steps (and at step 0 and at the end)"""
+    """evaluate on the held-out examples every this many steps, and at step 0 and at the end (0: only those two)"""
     eval_batch_size: int = 8
     """examples per no-grad forward pass (evaluation)"""
     num_samples: int = 2
@@ -236,7 +236,7 @@ def train_sft(config: SFTConfig, on_log: OnLog | None = None):
                        "time/step_s": step_s, "tokens/non_pad": non_pad, "tokens/per_second": non_pad / step_s})
 
             # 5f. evaluate on held-out examples; 5g. checkpoint
-            if step % config.eval_every == 0 or step == num_steps:
+            if (config.eval_every and step % config.eval_every == 0) or step == num_steps:
                 metrics, samples = evaluate(accelerator.unwrap_model(model), held_out, config, tokenizer, accelerator)
                 log(step, metrics)
                 if run is not None:
