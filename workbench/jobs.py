@@ -1,6 +1,6 @@
 """Trainings that run off the Streamlit script thread and survive reruns, page switches and other tabs.
 
-What it is: a process-wide ``JobRegistry`` (one per server, held in ``st.cache_resource``)
+What it is: a process-wide ``JobRegistry`` (one per server process, a module global)
 that starts a trainer ``train_*(config, on_log)`` in a daemon thread. A rerun or a page
 switch only re-executes page scripts; the thread and the registry live on, and any
 browser tab sees the same jobs. The run store on disk stays the source of truth: a
