@@ -1,0 +1,111 @@
+"""TRL side of bench/compare_trl.py: one DPOTrainer run, written as JSON. Runs in bench/.trl-venv, never in .venv.
+
+    bench/.trl-venv/bin/python bench/trl_side.py SPEC.json OUT.json
+
+SPEC (written by compare_trl.py): model (a local HF folder), data (a .jsonl in TRL schema
+{prompt, chosen, rejected}, already in the order the batches are to be consumed), max_length,
+batch_size, num_steps, learning_rate, beta, seed. The sampler is sequential, so TRL's step s
+trains on rows (s-1)*B .. s*B-1 of the file: the same pairs our trainer uses in its step s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def main() -> None:
+    spec = json.load(open(sys.argv[1]))
+    out_path = sys.argv[2]
+    t_start = time.perf_counter()
+
+    import torch
+    import transformers
+    import trl
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    torch.manual_seed(spec["seed"])
+    steps: dict[int, dict] = {}
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            steps.setdefault(state.global_step, {})["step_s"] = time.perf_counter() - self.t0
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                steps.setdefault(state.global_step, {}).update(
+                    {k: logs[k] for k in ("loss", "logps/chosen", "logps/rejected", "grad_norm") if k in logs})
+
+    class CountingDPOTrainer(DPOTrainer):
+        """DPOTrainer that also counts the non-pad tokens of each optimizer step (gradient accumulation is 1)."""
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            non_pad = int(inputs["attention_mask"].sum())
+            steps.setdefault(self.state.global_step + 1, {})["non_pad"] = non_pad
+            return super().training_step(model, inputs, *args, **kwargs)
+
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    dataset = load_dataset("json", data_files=spec["data"], split="train")
+    with tempfile.TemporaryDirectory() as out_dir:
+        args = DPOConfig(
+            output_dir=out_dir,
+            per_device_train_batch_size=spec["batch_size"],
+            gradient_accumulation_steps=1,
+            max_steps=spec["num_steps"],
+            learning_rate=spec["learning_rate"],
+            lr_scheduler_type="constant",  # ours: linear warm-up (0 steps here) then constant
+            warmup_steps=0,
+            max_grad_norm=10.0,  # ours: DPOConfig.max_grad_norm default
+            weight_decay=0.0,
+            beta=spec["beta"],
+            loss_type=["sigmoid"],
+            max_length=spec["max_length"],
+            bf16=False,  # fp32, like ours on CPU without LoRA
+            gradient_checkpointing=False,  # ours does not checkpoint activations
+            precompute_ref_log_probs=True,  # ours precomputes the reference log-probs once, before training
+            train_sampling_strategy="sequential",
+            use_cpu=True,
+            report_to="none",
+            save_strategy="no",
+            eval_strategy="no",
+            logging_steps=1,
+            disable_tqdm=True,
+            seed=spec["seed"],
+            dataloader_num_workers=0,
+        )
+        trainer = CountingDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                     callbacks=[Timer()])
+        t_train = time.perf_counter()
+        trainer.train()
+        t_end = time.perf_counter()
+        optim = str(args.optim)
+    rows = [{"step": s, **steps[s]} for s in sorted(steps) if s >= 1 and "step_s" in steps[s]]
+    result = {
+        "side": "trl",
+        "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
+        "optim": optim,
+        "steps": rows,
+        "setup_s": t_train - t_start,
+        "train_s": t_end - t_train,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "torch_threads": torch.get_num_threads(),
+    }
+    json.dump(result, open(out_path, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
