@@ -1,7 +1,16 @@
-"""Benchmark: our DPO trainer against Hugging Face TRL's DPOTrainer on identical work.
+"""Benchmark: our DPO and SimPO trainers against Hugging Face TRL's DPOTrainer / CPOTrainer(simpo) on identical work.
 
     ./wb python bench/compare_trl.py            # reference setting: 64 pairs, max length 256, batch 4, 16 steps, 2 repeats
     ./wb python bench/compare_trl.py --quick    # 8 pairs, max length 128, batch 4, 4 steps (2 epochs), 1 repeat: a few minutes
+    ./wb python bench/compare_trl.py --trainer simpo   # one trainer only: dpo | simpo | all (default all: DPO, then SimPO)
+
+SimPO: ours core.trainers.simpo (beta 2.0, gamma_beta_ratio 0.5, length-averaged log-probs)
+against trl.experimental.cpo.CPOTrainer(loss_type="simpo", cpo_alpha=0, simpo_gamma = 0.5 * 2.0
+= 1.0: TRL's simpo_gamma is the absolute gamma). Both compute -logsigmoid(beta*(avg_c - avg_r) - gamma);
+no reference model on either side. CPOTrainer's BOS insertion is switched off on the TRL side
+(ours adds no BOS for this tokenizer), so both see the same tokens. Same-work check as for DPO,
+except the step-1 loss is not ln 2 (no reference), so its tolerance is 1e-3 (beta = 2 scales the
+log-prob differences); the logged log-probs are the length-averaged ones on both sides.
 
 What it does: builds the data both sides read (the first HH-RLHF harmless pairs that fit
 max_length without any truncation, in TRL schema {prompt, chosen, rejected}), then runs
@@ -21,7 +30,7 @@ and TRL's sampler is sequential, so step s of both trains on the same pairs.
 
 Timing: s/step and tokens/s are medians over steps 2..S (step 1 is warm-up, printed apart); load, tokenisation and the
 reference pass are not in it (they are in the wall time, printed too).
-Not done yet: SimPO (TRL CPOTrainer), reward model, PPO, profiling.
+Not done yet: reward model, PPO, profiling.
 Results are recorded in docs/benchmarks.md (## Against TRL).
 """
 
@@ -49,7 +58,10 @@ TRL_VENV = BENCH / ".trl-venv"
 TRL_PY = TRL_VENV / "bin" / "python"
 TRL_PINS = ["torch==2.13.0", "trl==1.16.0", "transformers==5.23.0", "accelerate==1.15.0", "peft==0.21.2", "datasets"]
 LOSS_ATOL = 1e-4  # step-1 loss (ln 2 on both sides when policy = reference)
-LOGPS_RTOL = 1e-3  # step-1 mean summed log-probs of chosen / rejected
+LOGPS_RTOL = 1e-3  # step-1 mean summed log-probs of chosen / rejected (SimPO: length-averaged)
+SIMPO_LOSS_ATOL = 1e-3  # SimPO step-1 loss: -logsigmoid(2 * (avg_c - avg_r) - 1), not a constant
+TRAINERS = ("dpo", "simpo")
+DEFAULT_BETA = {"dpo": 0.1, "simpo": 2.0}
 
 
 def ensure_trl_venv() -> None:
@@ -108,11 +120,15 @@ def ours_worker(spec_path: str, out_path: str) -> None:
     t_start = time.perf_counter()
     import torch
 
-    from core.trainers.dpo import DPOConfig, train_dpo
-
     spec = json.load(open(spec_path))
-    config = DPOConfig(
-        model_name_or_path=spec["model"], dataset=spec["data"], train_size=spec["num_pairs"], eval_size=1,
+    if spec.get("trainer", "dpo") == "simpo":
+        from core.trainers.simpo import SimPOConfig as Config, train_simpo as train
+        extra = {"gamma_beta_ratio": spec["gamma_beta_ratio"]}
+    else:
+        from core.trainers.dpo import DPOConfig as Config, train_dpo as train
+        extra = {}
+    config = Config(
+        **extra, model_name_or_path=spec["model"], dataset=spec["data"], train_size=spec["num_pairs"], eval_size=1,
         max_length=spec["max_length"], max_prompt_length=spec["max_prompt_length"], beta=spec["beta"],
         learning_rate=spec["learning_rate"], warmup_steps=0, max_grad_norm=10.0, weight_decay=0.0,
         batch_size=spec["batch_size"], gradient_accumulation_steps=1, num_steps=spec["num_steps"],
@@ -127,7 +143,7 @@ def ours_worker(spec_path: str, out_path: str) -> None:
                          "logps/chosen": m["logps/chosen"], "logps/rejected": m["logps/rejected"],
                          "grad_norm": m["grad_norm"]})
 
-    train_dpo(config, on_log=on_log)
+    train(config, on_log=on_log)
     import transformers
     json.dump({"side": "ours", "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
                "optim": "torch.optim.AdamW", "steps": rows, "wall_s": time.perf_counter() - t_start,
@@ -166,7 +182,7 @@ def summarise(result: dict) -> dict:
             "wall": result["process_wall_s"]}
 
 
-def same_work(ours: dict, trl: dict) -> tuple[bool, str]:
+def same_work(ours: dict, trl: dict, loss_atol: float = LOSS_ATOL) -> tuple[bool, str]:
     problems = []
     if len(ours["steps"]) != len(trl["steps"]):
         problems.append(f"steps {len(ours['steps'])} vs {len(trl['steps'])}")
@@ -174,7 +190,7 @@ def same_work(ours: dict, trl: dict) -> tuple[bool, str]:
     if tok_o != tok_t:
         problems.append(f"non-pad tokens per step {tok_o} vs {tok_t}")
     o1, t1 = ours["steps"][0], trl["steps"][0]
-    if abs(o1["loss"] - t1["loss"]) > LOSS_ATOL:
+    if abs(o1["loss"] - t1["loss"]) > loss_atol:
         problems.append(f"step-1 loss {o1['loss']:.6f} vs {t1['loss']:.6f}")
     for k in ("logps/chosen", "logps/rejected"):
         if k in t1 and abs(o1[k] - t1[k]) > LOGPS_RTOL * abs(t1[k]):
@@ -198,7 +214,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--learning-rate", type=float, default=1e-6, help="TRL DPOConfig's default")
-    ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--trainer", choices=(*TRAINERS, "all"), default="all", help="which comparison(s) to run")
+    ap.add_argument("--beta", type=float, help="default: 0.1 for DPO, 2.0 for SimPO")
+    ap.add_argument("--gamma-beta-ratio", type=float, default=0.5, help="SimPO gamma/beta (TRL simpo_gamma = this * beta)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write every result to this file")
     a = ap.parse_args()
@@ -217,17 +235,33 @@ def main() -> None:
     max_prompt_length = a.max_length // 2
     work = Path(tempfile.mkdtemp(prefix="bench-trl-"))
     files = build_data(model, a.pairs, a.max_length, max_prompt_length, a.batch, a.steps, a.seed, work)
+    trainers = TRAINERS if a.trainer == "all" else (a.trainer,)
+    outcomes = {t: compare(t, a, model, max_prompt_length, files, work) for t in trainers}
+    if a.json:
+        results = {t: r for t, (r, _) in outcomes.items()}
+        Path(a.json).write_text(json.dumps(results[trainers[0]] if len(trainers) == 1 else results, indent=1))
+    failed = [t for t, (_, ok) in outcomes.items() if not ok]
+    if failed:
+        raise SystemExit(f"same-work check FAILED for {', '.join(failed)} (see above)")
+
+
+def compare(trainer: str, a, model: str, max_prompt_length: int, files: dict, work: Path) -> tuple[list, bool]:
+    """One trainer's comparison: a.repeats pairs of runs (ours, TRL), its table; returns (results, same work held)."""
+    beta = a.beta if a.beta is not None else DEFAULT_BETA[trainer]
     base = dict(model=model, num_pairs=a.pairs, max_length=a.max_length, max_prompt_length=max_prompt_length,
-                batch_size=a.batch, num_steps=a.steps, learning_rate=a.learning_rate, beta=a.beta, seed=a.seed)
-    print(f"[bench] DPO, fp32, full fine-tune: {a.pairs} pairs, max length {a.max_length}, batch {a.batch}, "
+                batch_size=a.batch, num_steps=a.steps, learning_rate=a.learning_rate, beta=beta, seed=a.seed,
+                trainer=trainer, gamma_beta_ratio=a.gamma_beta_ratio)
+    label = "DPO" if trainer == "dpo" else (f"SimPO (beta {beta}, gamma/beta {a.gamma_beta_ratio}; "
+                                             f"TRL CPOTrainer simpo_gamma {a.gamma_beta_ratio * beta})")
+    print(f"\n[bench] {label}, fp32, full fine-tune: {a.pairs} pairs, max length {a.max_length}, batch {a.batch}, "
           f"{a.steps} steps, {a.repeats} repeat(s); {platform.machine()}, {os.cpu_count()} CPUs; data in {work}",
           flush=True)
     pairs, all_results = [], []
     for rep in range(a.repeats):
-        ours = run_side("ours", {**base, "data": files["ours"]}, work, f"ours-{rep}")
-        trl = run_side("trl", {**base, "data": files["trl"]}, work, f"trl-{rep}")
+        ours = run_side("ours", {**base, "data": files["ours"]}, work, f"ours-{trainer}-{rep}")
+        trl = run_side("trl", {**base, "data": files["trl"]}, work, f"trl-{trainer}-{rep}")
         so, st = summarise(ours), summarise(trl)
-        ok, detail = same_work(ours, trl)
+        ok, detail = same_work(ours, trl, SIMPO_LOSS_ATOL if trainer == "simpo" else LOSS_ATOL)
         ratio = so["s_per_step"] / st["s_per_step"]
         pairs.append((so, st, ratio, ok))
         all_results.append({"ours": ours, "trl": trl})
@@ -236,7 +270,7 @@ def main() -> None:
               f"{st['rss']:.0f} MiB (step 1 {st['step1']:.1f} s, wall {st['wall']:.0f} s) | ours/TRL {ratio:.3f} | same work: "
               f"{'yes' if ok else 'NO'} ({detail})", flush=True)
     ratios = sorted(p[2] for p in pairs)
-    print(f"\nversions: ours {all_results[0]['ours']['versions']}; TRL side {all_results[0]['trl']['versions']} "
+    print(f"\n{label}: versions: ours {all_results[0]['ours']['versions']}; TRL side {all_results[0]['trl']['versions']} "
           f"(optimizer {all_results[0]['trl']['optim']})")
     print("| pair | ours s/step | TRL s/step | ours tok/s | TRL tok/s | ours peak RSS (MiB) | TRL peak RSS (MiB) | ours/TRL s/step | same work |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -245,10 +279,7 @@ def main() -> None:
               f"{so['rss']:.0f} | {st['rss']:.0f} | {r:.3f} | {'yes' if ok else 'NO'} |")
     print(f"\nratio ours/TRL (s/step), min-median-max over {len(ratios)} repeat(s): "
           f"{ratios[0]:.3f} - {statistics.median(ratios):.3f} - {ratios[-1]:.3f}")
-    if a.json:
-        Path(a.json).write_text(json.dumps(all_results, indent=1))
-    if not all(p[3] for p in pairs):
-        raise SystemExit("same-work check FAILED (see above)")
+    return all_results, all(p[3] for p in pairs)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""TRL side of bench/compare_trl.py: one DPOTrainer run, written as JSON. Runs in bench/.trl-venv, never in .venv.
+"""TRL side of bench/compare_trl.py: one DPOTrainer or CPOTrainer (SimPO) run, written as JSON. Runs in bench/.trl-venv, never in .venv.
 
     bench/.trl-venv/bin/python bench/trl_side.py SPEC.json OUT.json
 
 SPEC (written by compare_trl.py): model (a local HF folder), data (a .jsonl in TRL schema
 {prompt, chosen, rejected}, already in the order the batches are to be consumed), max_length,
-batch_size, num_steps, learning_rate, beta, seed. The sampler is sequential, so TRL's step s
+batch_size, num_steps, learning_rate, beta, seed, and trainer ("dpo", the default, or "simpo":
+trl.experimental.cpo.CPOTrainer with loss_type="simpo", cpo_alpha=0 and the ABSOLUTE margin
+simpo_gamma = gamma_beta_ratio * beta, also read from the spec). The sampler is sequential, so TRL's step s
 trains on rows (s-1)*B .. s*B-1 of the file: the same pairs our trainer uses in its step s.
 """
 
@@ -34,6 +36,16 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
+    simpo = spec.get("trainer", "dpo") == "simpo"
+    if simpo:
+        import trl.experimental.cpo.cpo_trainer as cpo_trainer
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        # CPOTrainer prepends the tokenizer's BOS (<|im_start|> for SmolLM2) to every prompt; ours, like
+        # DPOTrainer here, tokenises the prompt with add_special_tokens=True, which adds none for this
+        # tokenizer. Same work means the same tokens, so the BOS insertion is switched off.
+        cpo_trainer.add_bos_token_if_needed = lambda bos, pl, p, cl, c, rl, r: (p, c, r)
+
     torch.manual_seed(spec["seed"])
     steps: dict[int, dict] = {}
 
@@ -57,26 +69,31 @@ def main() -> None:
             steps.setdefault(self.state.global_step + 1, {})["non_pad"] = non_pad
             return super().training_step(model, inputs, *args, **kwargs)
 
+    class CountingCPOTrainer(CPOTrainer if simpo else object):
+        """CPOTrainer that also counts the non-pad tokens (prompt + chosen and prompt + rejected rows) of each step."""
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            non_pad = int(inputs["chosen_attention_mask"].sum()) + int(inputs["rejected_attention_mask"].sum())
+            steps.setdefault(self.state.global_step + 1, {})["non_pad"] = non_pad
+            return super().training_step(model, inputs, *args, **kwargs)
+
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     dataset = load_dataset("json", data_files=spec["data"], split="train")
     with tempfile.TemporaryDirectory() as out_dir:
-        args = DPOConfig(
+        common = dict(
             output_dir=out_dir,
             per_device_train_batch_size=spec["batch_size"],
             gradient_accumulation_steps=1,
             max_steps=spec["num_steps"],
             learning_rate=spec["learning_rate"],
-            lr_scheduler_type="constant",  # ours: linear warm-up (0 steps here) then constant
+            lr_scheduler_type="constant",
             warmup_steps=0,
-            max_grad_norm=10.0,  # ours: DPOConfig.max_grad_norm default
+            max_grad_norm=10.0,
             weight_decay=0.0,
-            beta=spec["beta"],
-            loss_type=["sigmoid"],
             max_length=spec["max_length"],
-            bf16=False,  # fp32, like ours on CPU without LoRA
-            gradient_checkpointing=False,  # ours does not checkpoint activations
-            precompute_ref_log_probs=True,  # ours precomputes the reference log-probs once, before training
+            bf16=False,
+            gradient_checkpointing=False,
             train_sampling_strategy="sequential",
             use_cpu=True,
             report_to="none",
@@ -87,8 +104,45 @@ def main() -> None:
             seed=spec["seed"],
             dataloader_num_workers=0,
         )
-        trainer = CountingDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                     callbacks=[Timer()])
+        if simpo:
+            args = CPOConfig(
+                **common,
+                beta=spec["beta"],
+                loss_type="simpo",
+                cpo_alpha=0.0,  # pure SimPO: no NLL (behaviour-cloning) term
+                simpo_gamma=spec["gamma_beta_ratio"] * spec["beta"],  # TRL's gamma is absolute; ours is gamma/beta
+            )
+            trainer = CountingCPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                         callbacks=[Timer()])
+        else:
+            args = DPOConfig(
+                output_dir=out_dir,
+                per_device_train_batch_size=spec["batch_size"],
+                gradient_accumulation_steps=1,
+                max_steps=spec["num_steps"],
+                learning_rate=spec["learning_rate"],
+                lr_scheduler_type="constant",  # ours: linear warm-up (0 steps here) then constant
+                warmup_steps=0,
+                max_grad_norm=10.0,  # ours: DPOConfig.max_grad_norm default
+                weight_decay=0.0,
+                beta=spec["beta"],
+                loss_type=["sigmoid"],
+                max_length=spec["max_length"],
+                bf16=False,  # fp32, like ours on CPU without LoRA
+                gradient_checkpointing=False,  # ours does not checkpoint activations
+                precompute_ref_log_probs=True,  # ours precomputes the reference log-probs once, before training
+                train_sampling_strategy="sequential",
+                use_cpu=True,
+                report_to="none",
+                save_strategy="no",
+                eval_strategy="no",
+                logging_steps=1,
+                disable_tqdm=True,
+                seed=spec["seed"],
+                dataloader_num_workers=0,
+            )
+            trainer = CountingDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                         callbacks=[Timer()])
         t_train = time.perf_counter()
         trainer.train()
         t_end = time.perf_counter()
