@@ -87,14 +87,14 @@ def main() -> None:
             gradient_accumulation_steps=1,
             max_steps=spec["num_steps"],
             learning_rate=spec["learning_rate"],
-            lr_scheduler_type="constant",
+            lr_scheduler_type="constant",  # ours: linear warm-up (0 steps here) then constant
             warmup_steps=0,
-            max_grad_norm=10.0,
+            max_grad_norm=10.0,  # ours: the configs' max_grad_norm default
             weight_decay=0.0,
             max_length=spec["max_length"],
-            bf16=False,
-            gradient_checkpointing=False,
-            train_sampling_strategy="sequential",
+            bf16=False,  # fp32, like ours on CPU without LoRA
+            gradient_checkpointing=False,  # ours does not checkpoint activations
+            train_sampling_strategy="sequential",  # the pairs in our trainer's order
             use_cpu=True,
             report_to="none",
             save_strategy="no",
@@ -116,30 +116,10 @@ def main() -> None:
                                          callbacks=[Timer()])
         else:
             args = DPOConfig(
-                output_dir=out_dir,
-                per_device_train_batch_size=spec["batch_size"],
-                gradient_accumulation_steps=1,
-                max_steps=spec["num_steps"],
-                learning_rate=spec["learning_rate"],
-                lr_scheduler_type="constant",  # ours: linear warm-up (0 steps here) then constant
-                warmup_steps=0,
-                max_grad_norm=10.0,  # ours: DPOConfig.max_grad_norm default
-                weight_decay=0.0,
+                **common,
                 beta=spec["beta"],
                 loss_type=["sigmoid"],
-                max_length=spec["max_length"],
-                bf16=False,  # fp32, like ours on CPU without LoRA
-                gradient_checkpointing=False,  # ours does not checkpoint activations
                 precompute_ref_log_probs=True,  # ours precomputes the reference log-probs once, before training
-                train_sampling_strategy="sequential",
-                use_cpu=True,
-                report_to="none",
-                save_strategy="no",
-                eval_strategy="no",
-                logging_steps=1,
-                disable_tqdm=True,
-                seed=spec["seed"],
-                dataloader_num_workers=0,
             )
             trainer = CountingDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                          callbacks=[Timer()])
