@@ -1,4 +1,5 @@
-"""TRL side of bench/compare_trl.py: one DPOTrainer or CPOTrainer (SimPO) run, written as JSON. Runs in bench/.trl-venv, never in .venv.
+"""TRL side of bench/compare_trl.py: one DPOTrainer, RewardTrainer or CPOTrainer (SimPO) run, written as JSON.
+Runs in bench/.trl-venv, never in .venv.
 
     bench/.trl-venv/bin/python bench/trl_side.py SPEC.json OUT.json
 
@@ -6,7 +7,9 @@ SPEC (written by compare_trl.py): model (a local HF folder), data (a .jsonl in T
 {prompt, chosen, rejected}, already in the order the batches are to be consumed), max_length,
 batch_size, num_steps, learning_rate, beta, seed, and trainer ("dpo", the default, or "simpo":
 trl.experimental.cpo.CPOTrainer with loss_type="simpo", cpo_alpha=0 and the ABSOLUTE margin
-simpo_gamma = gamma_beta_ratio * beta, also read from the spec). The sampler is sequential, so TRL's step s
+simpo_gamma = gamma_beta_ratio * beta, also read from the spec; or "reward": RewardTrainer on
+pre-tokenised rows {chosen_ids, rejected_ids} starting from the model folder, which holds the
+backbone plus the seeded score head both sides start from). The sampler is sequential, so TRL's step s
 trains on rows (s-1)*B .. s*B-1 of the file: the same pairs our trainer uses in its step s.
 """
 
@@ -33,10 +36,11 @@ def main() -> None:
     import transformers
     import trl
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import DPOConfig, DPOTrainer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
     simpo = spec.get("trainer", "dpo") == "simpo"
+    reward = spec.get("trainer") == "reward"
     if simpo:
         import trl.experimental.cpo.cpo_trainer as cpo_trainer
         from trl.experimental.cpo import CPOConfig, CPOTrainer
@@ -59,7 +63,7 @@ def main() -> None:
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
                 steps.setdefault(state.global_step, {}).update(
-                    {k: logs[k] for k in ("loss", "logps/chosen", "logps/rejected", "grad_norm") if k in logs})
+                    {k: logs[k] for k in ("loss", "logps/chosen", "logps/rejected", "margin", "grad_norm") if k in logs})
 
     class CountingDPOTrainer(DPOTrainer):
         """DPOTrainer that also counts the non-pad tokens of each optimizer step (gradient accumulation is 1)."""
@@ -77,8 +81,18 @@ def main() -> None:
             steps.setdefault(self.state.global_step + 1, {})["non_pad"] = non_pad
             return super().training_step(model, inputs, *args, **kwargs)
 
+    class CountingRewardTrainer(RewardTrainer if reward else object):
+        """RewardTrainer that also counts the non-pad tokens (chosen rows + rejected rows) of each step."""
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            steps.setdefault(self.state.global_step + 1, {})["non_pad"] = int(inputs["attention_mask"].sum())
+            return super().training_step(model, inputs, *args, **kwargs)
+
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    if reward:  # the shared starting model: backbone + the seeded score head written by compare_trl.py
+        model = AutoModelForSequenceClassification.from_pretrained(spec["model"], num_labels=1, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     dataset = load_dataset("json", data_files=spec["data"], split="train")
     with tempfile.TemporaryDirectory() as out_dir:
         common = dict(
@@ -104,7 +118,13 @@ def main() -> None:
             seed=spec["seed"],
             dataloader_num_workers=0,
         )
-        if simpo:
+        if reward:
+            # the rows are pre-tokenised (chosen_ids / rejected_ids): TRL then appends no EOS, so both sides
+            # score exactly the same tokens; all fit max_length (TRL would drop longer ones)
+            args = RewardConfig(**common, disable_dropout=True, center_rewards_coefficient=None)
+            trainer = CountingRewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                            callbacks=[Timer()])
+        elif simpo:
             args = CPOConfig(
                 **common,
                 beta=spec["beta"],

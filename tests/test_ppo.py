@@ -150,6 +150,37 @@ def test_generate_pads_to_the_longest_response_and_masks_padding(tiny_model, tok
     assert ro.query_mask.sum(1).tolist() == [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in PROMPTS[:3]]
 
 
+def test_min_new_tokens_gives_fixed_length_responses(tiny_model, tokenizer):
+    from core.trainers.rollout import generate
+
+    eos = tokenizer.eos_token_id
+
+    def eos_everywhere(module, inputs, out):  # make EOS the model's overwhelming choice
+        out[..., eos] += 50.0
+        return out
+
+    hook = tiny_model.lm_head.register_forward_hook(eos_everywhere)
+    try:
+        torch.manual_seed(0)
+        ro = generate(tiny_model, tokenizer, PROMPTS[:3], max_new_tokens=5)
+        assert ro.response_mask.sum(1).tolist() == [1, 1, 1] and ro.ended.all()  # EOS first, nothing after it
+        ro = generate(tiny_model, tokenizer, PROMPTS[:3], max_new_tokens=5, min_new_tokens=5)
+        assert ro.response_ids.shape == (3, 5) and ro.response_mask.bool().all() and not ro.ended.any()
+        assert not (ro.response_ids == eos).any()
+        with pytest.raises(ValueError, match="min_new_tokens"):
+            generate(tiny_model, tokenizer, PROMPTS[:1], max_new_tokens=5, min_new_tokens=6)
+    finally:
+        hook.remove()
+
+
+def test_min_new_tokens_above_max_fails_before_loading(config):
+    from core.trainers.common import TrainingError
+
+    config.min_new_tokens = config.max_new_tokens + 1
+    with pytest.raises(TrainingError, match="min_new_tokens"):
+        train_ppo(config)
+
+
 def test_user_function_reward(config):
     from core.rewards.tensor import FunctionReward
 

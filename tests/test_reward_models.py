@@ -103,8 +103,9 @@ def test_lora_training_changes_adapters_and_resumes(tmp_path):
     cfg = tiny_config(tmp_path, freeze_backbone=False, use_lora=True, lora_r=4, epochs=1, batch_size=16,
                       learning_rate=1e-3, checkpoint_every=2, save_model=False)
     run = train_reward_model(cfg)
-    steps = [r["step"] for r in run.metrics() if "loss" in r]
-    assert steps == [1, 2, 3, 4] and run.latest_checkpoint()[0] == 4
+    rows = [r for r in run.metrics() if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and run.latest_checkpoint()[0] == 4
+    assert all(r["tokens/non_pad"] > 0 for r in rows)  # fine-tuning steps count the tokens of their forward pass
     from safetensors.torch import load_file
 
     adapters = load_file(str(run.latest_checkpoint()[1] / "model.safetensors"))

@@ -233,7 +233,7 @@ def train_finegrained_rm(config: FineGrainedConfig, on_log=None):
     from core.devices import pick_device
     from core.models import LoraSettings, apply_lora, load_tokenizer
     from core.runstore import Run
-    from core.trainers.common import Logger, TrainingError, check_finite, run_guard, seed_everything
+    from core.trainers.common import Logger, TrainingError, adamw, check_finite, run_guard, seed_everything
 
     if config.category not in CATEGORIES:
         raise TrainingError(f"category must be C1 or C2 (C3 is a preference RM: core.trainers.reward), got {config.category!r}")
@@ -289,7 +289,7 @@ def train_finegrained_rm(config: FineGrainedConfig, on_log=None):
         counts = torch.bincount(y_train, minlength=2).float()
         weight = (counts.sum() / (2 * counts.clamp(min=1))).to(device) if config.balance_classes else None
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        optimizer = adamw(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
         def eval_logits():
             model.eval()

@@ -107,13 +107,14 @@ def backbone_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
 def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Last hidden states (B, T, H) of the backbone, with positions counted from each row's first real token.
 
-    Position ids from the mask make a left-padded row compute exactly what the same row
-    unpadded computes (Llama's default positions would start counting at the padding).
+    Padding-free (``core.packing``) when the backbone allows it; otherwise position ids from
+    the mask make a left-padded row compute exactly what the same row unpadded computes
+    (Llama's default positions would start counting at the padding). Read only attended positions.
     """
+    from core.packing import decoder_hidden_states
+
     backbone, _ = backbone_and_head(model)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    return out.last_hidden_state
+    return decoder_hidden_states(backbone, input_ids, attention_mask)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

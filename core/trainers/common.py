@@ -32,6 +32,20 @@ class TrainingError(RuntimeError):
     """A training failure with a message for the user (what happened and what to change)."""
 
 
+def adamw(params, lr: float, weight_decay: float = 0.01):
+    """``torch.optim.AdamW`` (Loshchilov & Hutter 2019), with the fused kernel where torch has one.
+
+    Same update rule as the default; the fused kernel updates every tensor in one pass
+    instead of a Python loop over ~270 parameter tensors: 0.085 s instead of 0.35-0.77 s per
+    step for the 135M default model on 2 CPU cores (docs/benchmarks.md).
+    """
+    import torch
+
+    params = list(params)
+    fused = bool(params) and {p.device.type for p in params} <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if fused else None)
+
+
 def seed_everything(seed: int) -> None:
     import numpy as np
     import torch

@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from core.models import DEFAULT_MODEL
-from core.trainers.common import (Logger, OnLog, TrainingError, check_finite, open_run, resumed_config, run_guard,
+from core.trainers.common import (Logger, OnLog, TrainingError, adamw, check_finite, open_run, resumed_config, run_guard,
                                   seed_everything)
 
 
@@ -248,7 +248,7 @@ def train_dpo(config: DPOConfig, on_log: OnLog | None = None):
         if config.lora:  # after the reference pass: leaving peft's disable_adapter() re-enables every adapter
             pd.train_only_last_layers(model, config.lora_layers)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        optimizer = adamw(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         if checkpoint is not None:
             pd.restore_checkpoint(checkpoint, model, optimizer)
         model, optimizer = accelerator.prepare(model, optimizer)

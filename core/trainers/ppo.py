@@ -59,7 +59,7 @@ from core.losses import ppo_policy_loss, ppo_value_loss, ptx_loss
 from core.models import DEFAULT_MODEL
 from core.rl import AdaptiveKLController, FixedKLController, gae, kl_penalized_rewards, masked_mean, masked_whiten
 from core.runstore import Run
-from core.trainers.common import (Logger, TrainingError, available_trackers, check_finite, open_run, resumed_config,
+from core.trainers.common import (Logger, TrainingError, adamw, available_trackers, check_finite, open_run, resumed_config,
                                   run_guard, seed_everything)
 from core.trainers.rollout import Rollout, generate, score_tokens
 
@@ -116,6 +116,8 @@ class PPOConfig:
     """gradient clipping norm"""
     max_new_tokens: int = 24
     """response length limit"""
+    min_new_tokens: int = 0
+    """EOS cannot end a response before this many tokens (= max_new_tokens: fixed-length responses, as TRL's PPO without a stop token)"""
     max_prompt_tokens: int = 64
     """prompts are cut to their last max_prompt_tokens tokens"""
     temperature: float = 1.0
@@ -202,6 +204,17 @@ def load_prompts(spec: str, n: int, seed: int = 0) -> list[str]:
     return prompts[:n]
 
 
+def iteration_generator(seed: int, iteration: int, process_index: int = 0) -> torch.Generator:
+    """The generator of one PPO iteration: its prompt batch, minibatch order and ptx texts (resumes see the same)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + iteration * 1009 + process_index)
+
+
+def iteration_prompts(train_prompts: list[str], batch_size: int, g: torch.Generator) -> list[str]:
+    """The batch_size prompts of one iteration: a random permutation of the training prompts (cycled if fewer)."""
+    order = torch.randperm(len(train_prompts), generator=g)
+    return [train_prompts[order[j % len(order)]] for j in range(batch_size)]
+
+
 def _jsonl_field(path: Path, index: int, line: str, field: str) -> str:
     """One string field of a JSON-lines row, or a DataError naming the file and the record."""
     from core.data import DataError
@@ -255,7 +268,7 @@ def ptx_batch(tokenizer, texts: list[str], n: int, max_tokens: int, generator: t
 class PolicyWithValue(nn.Module):
     """Policy and critic as one module, so accelerate (DDP), the optimizer and checkpoints see one model.
 
-    forward(input_ids, attention_mask) -> (logits (B, T, V), values (B, T)).
+    forward(input_ids, attention_mask, start, stop) -> (logits (B, W, V), values (B, W)) at columns [start, stop).
     shared: `CausalLMWithValueHead` on the policy backbone; separate: a scalar-head model
     (`load_reward_model`) whose score head is read at every position.
     """
@@ -272,12 +285,14 @@ class PolicyWithValue(nn.Module):
     def policy(self):
         return self.body.policy if self.shared else self.body
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, start: int = 0, stop: int | None = None):
+        """(logits (B, W, V), values (B, W)) at columns [start, stop); padding-free when the models allow it."""
+        from core.value_head import windowed_outputs
+
+        stop = input_ids.shape[1] if stop is None else stop
         if self.shared:
-            return self.body(input_ids, attention_mask)
-        logits = self.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        hidden = self.critic(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states[-1]
-        return logits, self.critic.score(hidden).squeeze(-1)  # (B, T, V), (B, T)
+            return self.body(input_ids, attention_mask, start, stop)
+        return windowed_outputs(self.body, input_ids, attention_mask, start, stop, critic=self.critic)
 
 
 def build_models(config: PPOConfig, device):
@@ -334,6 +349,8 @@ def train_ppo(config: PPOConfig, on_log=None, *, extra_rewards: dict | None = No
     config = resumed_config(config, keep=("num_iterations", "trackers", "cpu"))  # a resumed run keeps its settings
     if config.minibatch_size % config.gradient_accumulation_steps or config.batch_size % config.minibatch_size:
         raise TrainingError("batch_size must be a multiple of minibatch_size, and minibatch_size of gradient_accumulation_steps")
+    if not 0 <= config.min_new_tokens <= config.max_new_tokens:
+        raise TrainingError(f"min_new_tokens must be in [0, max_new_tokens={config.max_new_tokens}], got {config.min_new_tokens}")
     trackers = available_trackers(config.trackers)
     accelerator = make_accelerator(config.gradient_accumulation_steps, cpu=config.cpu, log_with=trackers or None)
     main = accelerator.is_main_process
@@ -352,7 +369,7 @@ def train_ppo(config: PPOConfig, on_log=None, *, extra_rewards: dict | None = No
         ptx_texts = load_ptx_texts(config.ptx_dataset) if config.ptx_coef > 0 else None
         tokenizer = load_tokenizer(config.model_name_or_path)
         model, frozen_reference = build_models(config, accelerator.device)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+        optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
         model, optimizer = accelerator.prepare(model, optimizer)
         unwrapped = accelerator.unwrap_model(model)
         policy = unwrapped.policy  # generate() and the reference pass use the unwrapped policy
@@ -396,15 +413,15 @@ def train_ppo(config: PPOConfig, on_log=None, *, extra_rewards: dict | None = No
         for iteration in bar:
             t_step = time.perf_counter()
             # fixed per-iteration generator: the prompt batch, minibatch order and ptx texts do not depend on the global RNG
-            g = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration * 1009 + accelerator.process_index)
+            g = iteration_generator(config.seed, iteration, accelerator.process_index)
 
             # ---- 1. rollout: sample, then ONE pass for old log-probs + values, ONE for reference log-probs
-            order = torch.randperm(len(train_prompts), generator=g)
-            batch_prompts = [train_prompts[order[j % len(order)]] for j in range(config.batch_size)]
+            batch_prompts = iteration_prompts(train_prompts, config.batch_size, g)
             t0 = time.perf_counter()
             rollout = generate(policy, tokenizer, batch_prompts, max_new_tokens=config.max_new_tokens,
                                temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-                               max_prompt_tokens=config.max_prompt_tokens, device=accelerator.device)
+                               max_prompt_tokens=config.max_prompt_tokens, min_new_tokens=config.min_new_tokens,
+                               device=accelerator.device)
             t_generation = time.perf_counter() - t0
             t0 = time.perf_counter()
             mask = rollout.response_mask  # (B, R)

@@ -324,17 +324,19 @@ def completion_forward(model, batch: dict):
 
     Returns (per_token_logps (rows, K), completion_mask (rows, K)) where K is the longest
     completion in the batch: column k of row b is the k-th of the last K columns of the
-    input, 0 where the mask is 0. Only the last K+1 logit positions are computed.
+    input, 0 where the mask is 0. Logits are computed only at the K positions that predict
+    completion tokens, and without the padding when the model allows it (``core.packing``).
     """
     from core.logprobs import selective_log_softmax
+    from core.packing import packed_logits
 
     device = next(iter(p for p in model.parameters())).device
     input_ids = batch["input_ids"].to(device)
     K = int(batch["completion_lengths"].max())
-    logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device),
-                   position_ids=batch["position_ids"].to(device), logits_to_keep=K + 1, use_cache=False).logits
-    # logits[:, k] predicts the token in column T-K+k, for k < K; the last logit predicts nothing
-    per_token_logps = selective_log_softmax(logits[:, :-1], input_ids[:, -K:])  # (rows, K) fp32
+    T = input_ids.shape[1]
+    # logits[:, k] at column T-K-1+k predicts the token in column T-K+k (padding-free when the model allows it)
+    logits = packed_logits(model, input_ids, batch["attention_mask"].to(device), T - K - 1, T - 1)  # (rows, K, V)
+    per_token_logps = selective_log_softmax(logits, input_ids[:, -K:])  # (rows, K) fp32
     mask = batch["completion_mask"][:, -K:].to(device)
     return per_token_logps.masked_fill(mask == 0, 0.0), mask
 

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from core.models import DEFAULT_MODEL
 from core.runstore import Run
-from core.trainers.common import (Logger, OnLog, TrainingError, available_trackers, check_finite, resumed_config, run_guard,
+from core.trainers.common import (Logger, OnLog, TrainingError, adamw, available_trackers, check_finite, resumed_config, run_guard,
                                   seed_everything)
 
 
@@ -169,17 +169,18 @@ def _cache_features(model, tokenizer, texts: list[str], config, device, desc: st
 
 
 def _pair_scores(model, tokenizer, chosen: list[str], rejected: list[str], config, device, feats=None, idx=None):
-    """(r_chosen, r_rejected), each (b,): the head on cached features, or ONE forward pass over chosen + rejected."""
+    """(r_chosen, r_rejected, non-pad tokens): the head on cached features (0 tokens), or ONE forward pass
+    over chosen + rejected, padding-free when the backbone allows it (``core.packing``)."""
     from core.rewards.preference_rm import backbone_and_head, encode, sequence_scores
 
     if feats is not None:
         _, head = backbone_and_head(model)
         dtype = next(head.parameters()).dtype  # features are cached in fp32; the head may be bf16 on GPU
-        return head(feats[0][idx].to(device, dtype)).squeeze(-1), head(feats[1][idx].to(device, dtype)).squeeze(-1)
+        return head(feats[0][idx].to(device, dtype)).squeeze(-1), head(feats[1][idx].to(device, dtype)).squeeze(-1), 0
     b = len(chosen)
     enc = encode(tokenizer, chosen + rejected, config.max_length)  # (2b, T): chosen rows first
     scores = sequence_scores(model, enc["input_ids"].to(device), enc["attention_mask"].to(device))
-    return scores[:b], scores[b:]
+    return scores[:b], scores[b:], int(enc["attention_mask"].sum())
 
 
 def _evaluate(model, tokenizer, chosen, rejected, config, device, feats=None) -> dict:
@@ -195,7 +196,7 @@ def _evaluate(model, tokenizer, chosen, rejected, config, device, feats=None) ->
         bs = config.feature_batch_size if feats is None else 4096
         for i in range(0, len(chosen), bs):
             idx = list(range(i, min(i + bs, len(chosen))))
-            c, r = _pair_scores(model, tokenizer, chosen[i : i + bs], rejected[i : i + bs], config, device, feats, idx)
+            c, r, _ = _pair_scores(model, tokenizer, chosen[i : i + bs], rejected[i : i + bs], config, device, feats, idx)
             rc.append(c.float().cpu())
             rr.append(r.float().cpu())
     rc, rr = torch.cat(rc), torch.cat(rr)
@@ -207,6 +208,17 @@ def _evaluate(model, tokenizer, chosen, rejected, config, device, feats=None) ->
 
 
 # ----------------------------------------------------------------------------- training
+
+
+def batch_schedule(n: int, batch_size: int, epochs: int, seed: int) -> list[list[int]]:
+    """Training-pair indices of every optimizer step: a seeded permutation per epoch, cut into batches."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [perm[i : i + batch_size].tolist()
+            for _ in range(epochs) for perm in [torch.randperm(n, generator=g)]
+            for i in range(0, n, batch_size)]
+
 
 
 def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run:
@@ -274,16 +286,13 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run
             log(0, {"time/features_s": time.time() - t0})
 
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        optimizer = adamw(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         model, optimizer = accelerator.prepare(model, optimizer)
 
         # the whole schedule of batches is fixed by the seed, so a resumed run sees the same batches
         steps_per_epoch = math.ceil(len(train) / config.batch_size)
         total_steps = steps_per_epoch * config.epochs
-        g = torch.Generator().manual_seed(config.seed)
-        schedule = [perm[i : i + config.batch_size].tolist()
-                    for _ in range(config.epochs) for perm in [torch.randperm(len(train), generator=g)]
-                    for i in range(0, len(train), config.batch_size)]
+        schedule = batch_schedule(len(train), config.batch_size, config.epochs, config.seed)
         start = 0
         latest = run.latest_checkpoint()
         if config.resume_from and latest is not None:
@@ -302,7 +311,7 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run
             t0 = time.time()
             model.train()
             idx = schedule[step - 1]
-            chosen_rewards, rejected_rewards = _pair_scores(
+            chosen_rewards, rejected_rewards, non_pad = _pair_scores(
                 model, tokenizer, [train_c[i] for i in idx], [train_r[i] for i in idx], config, device, train_feats, idx)
             losses = bradley_terry_loss(chosen_rewards, rejected_rewards)  # (b,)
             loss = losses.mean()
@@ -321,6 +330,8 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run
                 "grad_norm": float(grad_norm),
                 "time/step_s": time.time() - t0,
             }
+            if train_feats is None:
+                metrics["tokens/non_pad"] = non_pad
             # 5. evaluate ---------------------------------------------------------------------
             if step % config.eval_every == 0 or step == total_steps:
                 metrics.update(_evaluate(model, tokenizer, eval_c, eval_r, config, device, eval_feats))
@@ -337,7 +348,7 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run
         model = accelerator.unwrap_model(model).eval()
         with torch.no_grad():
             if train_feats is not None:
-                raw = torch.cat(_pair_scores(model, tokenizer, [], [], config, device, train_feats, list(range(len(train)))))
+                raw = torch.cat(_pair_scores(model, tokenizer, [], [], config, device, train_feats, list(range(len(train))))[:2])
             else:
                 from core.rewards.preference_rm import score_texts
 

@@ -43,6 +43,7 @@ from typing import NamedTuple
 import torch
 
 from core.logprobs import completion_logprobs, entropy_from_logits, selective_log_softmax
+from core.packing import packed_logits
 
 
 @dataclass
@@ -106,12 +107,16 @@ def mask_after_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torc
 
 @torch.no_grad()
 def generate(policy, tokenizer, prompts: list[str], *, max_new_tokens: int = 24, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, max_prompt_tokens: int = 64, device=None) -> Rollout:
+             top_k: int = 0, top_p: float = 1.0, max_prompt_tokens: int = 64, min_new_tokens: int = 0,
+             device=None) -> Rollout:
     """Sample one response per prompt with the KV cache; returns a Rollout without log-probs.
 
     The global torch RNG drives sampling (seed it for reproducible rollouts).
-    Prompts longer than max_prompt_tokens keep their LAST tokens.
+    Prompts longer than max_prompt_tokens keep their LAST tokens. min_new_tokens: EOS is
+    suppressed until a response has that many tokens (generate's MinNewTokensLogitsProcessor).
     """
+    if not 0 <= min_new_tokens <= max_new_tokens:
+        raise ValueError(f"min_new_tokens must be in [0, max_new_tokens={max_new_tokens}], got {min_new_tokens}")
     if not prompts:
         raise ValueError("generate needs at least one prompt")
     device = device or next(policy.parameters()).device
@@ -129,7 +134,7 @@ def generate(policy, tokenizer, prompts: list[str], *, max_new_tokens: int = 24,
     sequences = policy.generate(
         input_ids=query_ids, attention_mask=query_mask, max_new_tokens=max_new_tokens, do_sample=True,
         temperature=temperature, top_k=top_k, top_p=top_p, use_cache=True,
-        eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, min_new_tokens=min_new_tokens or None,
     )  # (B, P + R')
     policy.train(was_training)
     response_ids = sequences[:, query_ids.shape[1]:]  # (B, R')
@@ -151,8 +156,11 @@ def score_tokens(model, rollout: Rollout, temperature: float = 1.0, *, with_valu
                  with_entropy: bool = False, no_grad: bool = False, ptx=None) -> TokenScores:
     """One forward pass over (prompt, response): per-token log-probs, values and entropies of the response.
 
-    model: returns (logits, values) when with_values (`CausalLMWithValueHead`-like),
-    else a plain causal LM returning an output with `.logits`.
+    model: called as model(input_ids, attention_mask, start, stop) -> (logits, values) at
+    columns [start, stop) when with_values (`CausalLMWithValueHead` / `PolicyWithValue`),
+    else a plain causal LM (run through `core.packing.packed_logits`). Only the R columns
+    that predict response tokens get logits (lm_head and softmax skip the prompt), and the
+    pass is padding-free when the model allows it (`core.packing`).
     Logits at column P-1+t predict response token t; the value read at the same column
     is V(s_t) of the state before token t. Every (B, R) output is 0 outside response_mask.
     ptx: optional (ids (N, L), attention_mask (N, L), loss_mask (N, L)) of pretraining
@@ -165,17 +173,19 @@ def score_tokens(model, rollout: Rollout, temperature: float = 1.0, *, with_valu
         B, P = rollout.query_ids.shape
         if ptx is not None:
             input_ids, attention_mask = _stack_right_padded([input_ids, ptx[0]], [attention_mask, ptx[1]])
+        R = rollout.response_ids.shape[1]
+        # only the columns whose logits predict response tokens (all of them when ptx rows ride along)
+        start, stop = (P - 1, P - 1 + R) if ptx is None else (0, input_ids.shape[1])
         if with_values:
-            logits, values = model(input_ids, attention_mask)  # (B', T', V), (B', T')
-            values = values[:B, P - 1:P - 1 + rollout.response_ids.shape[1]].float()  # (B, R)
+            logits, values = model(input_ids, attention_mask, start, stop)  # (B', W, V), (B', W)
+            values = values[:B, P - 1 - start:P - 1 - start + R].float()  # (B, R)
         else:
-            logits, values = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits, None
+            logits, values = packed_logits(model, input_ids, attention_mask, start, stop), None
         ptx_logprobs = None
         if ptx is not None:
             L = ptx[0].shape[1]
             ptx_logprobs = completion_logprobs(logits[B:, :L], ptx[0], ptx[2])  # (N, L)
-        R = rollout.response_ids.shape[1]
-        logits = logits[:B, P - 1:P - 1 + R] / temperature  # (B, R, V)
+        logits = logits[:B, P - 1 - start:P - 1 - start + R] / temperature  # (B, R, V)
         mask = rollout.response_mask.bool()
         logprobs = selective_log_softmax(logits, rollout.response_ids)  # (B, R)
         logprobs = torch.where(mask, logprobs, torch.zeros_like(logprobs))

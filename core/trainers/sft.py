@@ -41,7 +41,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from core.models import DEFAULT_MODEL
-from core.trainers.common import Logger, OnLog, check_finite, open_run, resumed_config, run_guard, seed_everything
+from core.trainers.common import Logger, OnLog, adamw, check_finite, open_run, resumed_config, run_guard, seed_everything
 
 
 @dataclass
@@ -190,7 +190,7 @@ def train_sft(config: SFTConfig, on_log: OnLog | None = None):
         if config.lora:  # after the reference pass: leaving peft's disable_adapter() re-enables every adapter
             pd.train_only_last_layers(model, config.lora_layers)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        optimizer = adamw(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         if checkpoint is not None:
             pd.restore_checkpoint(checkpoint, model, optimizer)
         model, optimizer = accelerator.prepare(model, optimizer)
