@@ -22,7 +22,7 @@ Each section checks that its variants compute the same numbers (max |difference|
 What it leaves out: GPU timings, the reference pass and generation (bench/ppo_short.py --ablate
 times the KV cache), gradient checkpointing, attention FLOPs in the FLOP count.
 
-    ./wb python bench/where_time_goes.py               # 3 repeats (about 4 min on 2 idle cores)
+    ./wb python bench/where_time_goes.py               # 3 repeats (about 3 min on 2 cores)
     ./wb python bench/where_time_goes.py --quick       # 1 repeat, one warm-up per section (< 3 min)
 Results are recorded in docs/benchmarks.md (## Where the time goes).
 """
@@ -74,13 +74,9 @@ def train_step(zero, forward, optimizer=None):
 def bench(steps, repeats: int, quick: bool) -> list[dict]:
     """Warm up each step (--quick: the first only), then `repeats` interleaved rounds; per step the median of
     each phase, of the total, and the total's range."""
-    for i, step in enumerate(steps):
-        if i == 0 or not quick:
-            step()
-    runs = [[] for _ in steps]
-    for _ in range(repeats):
-        for i, step in enumerate(steps):
-            runs[i].append(step())
+    for step in steps[:1] if quick else steps:
+        step()
+    runs = list(zip(*[[step() for step in steps] for _ in range(repeats)]))  # runs[i]: step i's rounds
     out = []
     for rs in runs:
         totals = [sum(r.values()) for r in rs]
