@@ -34,13 +34,50 @@ def mixed_precision_for(device=None) -> str:
 
 
 def make_accelerator(gradient_accumulation_steps: int = 1, cpu: bool = False, log_with=None, project_dir=None):
-    """An ``accelerate.Accelerator``: DDP under ``accelerate launch``, bf16 on CUDA, plain fp32 on CPU."""
+    """An ``accelerate.Accelerator``: DDP under ``accelerate launch``, bf16 on CUDA, plain fp32 on CPU.
+
+    Training on CPU also keeps freed memory for reuse (``keep_freed_memory``).
+    """
     from accelerate import Accelerator
 
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_steps=gradient_accumulation_steps,
         mixed_precision="no" if cpu else mixed_precision_for(),
         cpu=cpu,
         log_with=log_with,
         project_dir=project_dir,
     )
+    if accelerator.device.type == "cpu":
+        keep_freed_memory()
+    return accelerator
+
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # glibc mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc reuse freed memory instead of handing it back to the kernel (Linux/glibc only).
+
+    By default every allocation above the mmap threshold (activations, gradients, the
+    113 MB embedding gradient) is a fresh ``mmap`` and every free an ``munmap``, so each
+    training step page-faults and the kernel zero-fills the same gigabytes again: on 2 CPU
+    cores a PPO minibatch of the 135M policy and critic spent ~0.9 s of 4.3 s there (3.4 s
+    with this; peak RSS unchanged, docs/benchmarks.md). Here large blocks come from the heap
+    (``M_MMAP_MAX`` = 0) and up to 1 GiB of free heap top is kept (``M_TRIM_THRESHOLD``).
+    The cost: the process keeps its peak memory after training ends. Idempotent; returns
+    whether it applied. ``RLHF_WORKBENCH_KEEP_FREED_MEMORY=0`` switches it off.
+    """
+    import ctypes
+    import ctypes.util
+    import os
+    import sys
+
+    if os.environ.get("RLHF_WORKBENCH_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        return False
+    return all(mallopt(param, value) == 1 for param, value in
+               ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20)))

@@ -140,3 +140,20 @@ def test_adamw_uses_the_fused_kernel_on_cpu():
     reference.step()
     for p, q in zip(params, reference.param_groups[0]["params"]):
         torch.testing.assert_close(p, q)  # the same update rule as the default implementation
+
+
+def test_keep_freed_memory_applies_on_glibc_and_can_be_switched_off(monkeypatch):
+    import sys
+
+    from core.devices import keep_freed_memory
+
+    monkeypatch.setenv("RLHF_WORKBENCH_KEEP_FREED_MEMORY", "0")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("RLHF_WORKBENCH_KEEP_FREED_MEMORY")
+    if sys.platform.startswith("linux"):
+        import platform
+
+        if platform.libc_ver()[0] == "glibc":
+            assert keep_freed_memory() is True  # mallopt accepted every setting
+            x = torch.ones(64 << 20, dtype=torch.uint8)  # a 64 MiB block still allocates and frees normally
+            assert int(x.sum()) == 64 << 20
