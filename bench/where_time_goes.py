@@ -13,7 +13,9 @@ that fit max length 256 untruncated, 4 pairs = 8 sequences per step as in bench/
   4. one PPO minibatch (4 HH prompts <= 128 tokens, left-padded, + 32 random response tokens;
      policy + separate critic), forward + backward + fused AdamW step: ours (`score_tokens`:
      packed, window logits) vs TRL-style (padded, full-vocabulary logits, critic on the padded batch);
-  5. FLOP sanity check: GFLOP/s of a (400x576)@(576x1536) fp32 matmul against the achieved
+  5. the same PPO minibatch after `core.devices.keep_freed_memory()` (glibc keeps freed memory for
+     reuse instead of unmapping it; measured last, as it cannot be undone in the process);
+  6. FLOP sanity check: GFLOP/s of a (400x576)@(576x1536) fp32 matmul against the achieved
      GFLOP/s of ours' PPO minibatch (6 x non-embedding params x tokens per model + the lm_head window).
 Seconds are medians over --repeats rounds after one untimed warm-up, the variants of a section
 interleaved (a burst of load from other work hits each alike); "x ours" = seconds / ours' seconds.
@@ -312,7 +314,9 @@ def ppo_section(path, tok, timed):
           f"values {max_diff(check[0][1], check[1][1]):.1e}")
     non_embedding = sum(p.numel() for m in (policy, critic) for n, p in m.named_parameters()
                         if "embed" not in n and "lm_head" not in n)
-    return 6 * non_embedding * M + 6 * policy.config.hidden_size * policy.config.vocab_size * B * R, timings[-1]
+    flops = 6 * non_embedding * M + 6 * policy.config.hidden_size * policy.config.vocab_size * B * R
+    rerun_ours = lambda: timed([train_step(lambda: None, ppo_loss(ours), optimizer)])[0]  # noqa: E731
+    return flops, timings[-1], rerun_ours
 
 
 def matmul_gflops(repeats=50):
@@ -353,7 +357,17 @@ def main() -> None:
     optimizer_section(model, timed)
     del model
     gc.collect()
-    flops, ours = ppo_section(path, tok, timed)
+    flops, ours, rerun_ours = ppo_section(path, tok, timed)
+
+    # last, because it cannot be undone in this process: glibc malloc keeping freed memory (core.devices)
+    from core.devices import keep_freed_memory
+
+    applied = keep_freed_memory()
+    kept = rerun_ours()
+    print(f"\nFreed-memory reuse (core.devices.keep_freed_memory, applied: {applied}), ours' PPO minibatch: "
+          f"{ours['total']:.2f} s with glibc's default (large blocks mmap-ed and unmapped every step) -> "
+          f"{kept['total']:.2f} s reusing freed heap memory (x{ours['total'] / kept['total']:.2f}); "
+          f"forward {kept['forward']:.2f} s, backward {kept['backward']:.2f} s, optimizer {kept['optimizer']:.2f} s")
 
     peak, achieved = matmul_gflops(), flops / ours["total"] / 1e9
     print(f"\nFLOP check: a (400x576)@(576x1536) fp32 matmul runs at {peak:.0f} GFLOP/s; ours' PPO minibatch is "
