@@ -52,6 +52,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -227,8 +228,6 @@ def build_ppo_data(model: str, quick: bool, seed: int, work: Path) -> dict:
 
 
 def ours_worker(spec_path: str, out_path: str) -> None:
-    import resource
-
     t_start = time.perf_counter()
     import torch
 
@@ -260,19 +259,23 @@ def ours_worker(spec_path: str, out_path: str) -> None:
                          "grad_norm": m["grad_norm"]})
 
     train(config, on_log=on_log)
-    import transformers
-    json.dump({"side": "ours", "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-               "optim": "torch.optim.AdamW", "steps": rows, "wall_s": time.perf_counter() - t_start,
-               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-               "torch_threads": torch.get_num_threads()}, open(out_path, "w"), indent=1)
+    write_ours_result(out_path, rows, t_start)
 
 
-def ours_reward_worker(spec: dict, out_path: str, t_start: float) -> None:
+def write_ours_result(out_path: str, rows: list[dict], t_start: float, **extra) -> None:
+    """Our side's JSON result: versions, per-step rows, wall time, peak RSS (unless given in extra), threads."""
     import resource
 
     import torch
     import transformers
 
+    json.dump({"side": "ours", "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+               "optim": "torch.optim.AdamW(fused=True)", "steps": rows, "wall_s": time.perf_counter() - t_start,
+               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "torch_threads": torch.get_num_threads(), **extra}, open(out_path, "w"), indent=1)
+
+
+def ours_reward_worker(spec: dict, out_path: str, t_start: float) -> None:
     from core.trainers.reward import RewardConfig, train_reward_model
 
     config = RewardConfig(
@@ -289,10 +292,7 @@ def ours_reward_worker(spec: dict, out_path: str, t_start: float) -> None:
                          "margin": m["rm/margin"], "grad_norm": m["grad_norm"]})
 
     train_reward_model(config, on_log=on_log)
-    json.dump({"side": "ours", "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-               "optim": "torch.optim.AdamW", "steps": rows, "wall_s": time.perf_counter() - t_start,
-               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-               "torch_threads": torch.get_num_threads()}, open(out_path, "w"), indent=1)
+    write_ours_result(out_path, rows, t_start)
 
 
 def ours_ppo_worker(spec: dict, out_path: str, t_start: float) -> None:
@@ -303,7 +303,6 @@ def ours_ppo_worker(spec: dict, out_path: str, t_start: float) -> None:
     import resource
 
     import torch
-    import transformers
 
     import core.trainers.ppo as ppo_module
     from core.trainers.ppo import PPOConfig, train_ppo
@@ -352,15 +351,11 @@ def ours_ppo_worker(spec: dict, out_path: str, t_start: float) -> None:
 
     train_ppo(config, on_log=on_log)
     consumed = [row[mask.bool()].tolist() for r in rollouts for row, mask in zip(r.query_ids, r.query_mask)]
-    json.dump({"side": "ours", "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-               "optim": "torch.optim.AdamW", "steps": rows, "optimizer_steps": steps[0],
-               "prompt_ids_sha": hashlib.sha256(json.dumps(consumed).encode()).hexdigest(),
-               "wall_s": time.perf_counter() - t_start,
-               # the peak up to the end of the last iteration: the final checkpoint written after it (TRL's side
-               # saves none) is not training work
-               "peak_rss_mib": rss_at_last_iteration[0],
-               "peak_rss_with_checkpoint_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-               "torch_threads": torch.get_num_threads()}, open(out_path, "w"), indent=1)
+    # peak_rss_mib: the peak up to the end of the last iteration; the final checkpoint written after it (TRL's side
+    # saves none) is not training work
+    write_ours_result(out_path, rows, t_start, optimizer_steps=steps[0], peak_rss_mib=rss_at_last_iteration[0],
+                      prompt_ids_sha=hashlib.sha256(json.dumps(consumed).encode()).hexdigest(),
+                      peak_rss_with_checkpoint_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -375,8 +370,13 @@ def run_side(side: str, spec: dict, work: Path, tag: str) -> dict:
         cmd = [str(TRL112_PY), str(BENCH / "trl_ppo_side.py"), str(spec_path), str(out_path)]
     else:
         cmd = [str(TRL_PY), str(BENCH / "trl_side.py"), str(spec_path), str(out_path)]
+    runs = work / f"runs-{tag}"  # ours' run folder (metrics, full-model checkpoints): scratch, removed right after
+    env = {**os.environ, "RLHF_WORKBENCH_RUNS": str(runs)}
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
@@ -442,6 +442,7 @@ def main() -> None:
     ap.add_argument("--gamma-beta-ratio", type=float, default=0.5, help="SimPO gamma/beta (TRL simpo_gamma = this * beta)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write every result to this file")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (data files, specs, results, models)")
     a = ap.parse_args()
     quick = dict(pairs=8, max_length=128, batch=4, steps=4, repeats=1)
     full = dict(pairs=64, max_length=256, batch=4, steps=16, repeats=2)
@@ -464,6 +465,27 @@ def main() -> None:
     model = str(ensure_default_model(verbose=False))
     max_prompt_length = a.max_length // 2
     work = Path(tempfile.mkdtemp(prefix="bench-trl-"))
+    try:
+        outcomes = run_all(a, trainers, model, max_prompt_length, work)
+    finally:
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)  # ~0.5-1 GB of model copies per trainer
+    if a.json:
+        results = {t: r for t, (r, _) in outcomes.items()}
+        Path(a.json).write_text(json.dumps(results, indent=1))
+    failed = [t for t, (_, ok) in outcomes.items() if not ok]
+    if len(outcomes) > 1:
+        print("\n## Summary: ours/TRL time per step (PPO: per iteration), min - median - max over the repeats")
+        for t, (results, ok) in outcomes.items():
+            ratios = sorted(summarise(r["ours"], t != "ppo")["s_per_step"] / summarise(r["trl"], t != "ppo")["s_per_step"]
+                            for r in results)
+            print(f"{t}: {ratios[0]:.3f} - {statistics.median(ratios):.3f} - {ratios[-1]:.3f}; same work: {'yes' if ok else 'NO'}")
+    if failed:
+        raise SystemExit(f"same-work check FAILED for {', '.join(failed)} (see above)")
+
+
+def run_all(a, trainers, model: str, max_prompt_length: int, work: Path) -> dict:
+    """Every trainer's comparison in turn: {trainer: (results, same work held)}."""
     outcomes = {}
     for t in trainers:
         base = dict(trainer=t, model=model, num_pairs=a.pairs, max_length=a.max_length, max_prompt_length=max_prompt_length,
@@ -488,25 +510,14 @@ def main() -> None:
             label = "PPO"
             setting = ppo["setting"]
         outcomes[t] = compare(t, label, setting, sides, a.repeats, work)
-    if a.json:
-        results = {t: r for t, (r, _) in outcomes.items()}
-        Path(a.json).write_text(json.dumps(results, indent=1))
-    failed = [t for t, (_, ok) in outcomes.items() if not ok]
-    if len(outcomes) > 1:
-        print("\n## Summary: ours/TRL time per step (PPO: per iteration), min - median - max over the repeats")
-        for t, (results, ok) in outcomes.items():
-            ratios = sorted(summarise(r["ours"], t != "ppo")["s_per_step"] / summarise(r["trl"], t != "ppo")["s_per_step"]
-                            for r in results)
-            print(f"{t}: {ratios[0]:.3f} - {statistics.median(ratios):.3f} - {ratios[-1]:.3f}; same work: {'yes' if ok else 'NO'}")
-    if failed:
-        raise SystemExit(f"same-work check FAILED for {', '.join(failed)} (see above)")
+    return outcomes
 
 
 def compare(trainer: str, label: str, setting: str, sides: tuple[dict, dict], repeats: int, work: Path) -> tuple[list, bool]:
     """One trainer's comparison: `repeats` pairs of runs (ours, TRL), its table; returns (results, same work held)."""
     unit = "iteration" if trainer == "ppo" else "step"
     print(f"\n[bench] {label}, fp32, full fine-tune: {setting}, {repeats} repeat(s); "
-          f"{platform.machine()}, {os.cpu_count()} CPUs; data in {work}", flush=True)
+          f"{platform.machine()}, {os.cpu_count()} CPUs; data in {work} (removed at the end unless --keep)", flush=True)
     pairs, all_results = [], []
     for rep in range(repeats):
         ours = run_side("ours", sides[0], work, f"ours-{trainer}-{rep}")
