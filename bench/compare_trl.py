@@ -229,14 +229,12 @@ def build_ppo_data(model: str, quick: bool, seed: int, work: Path) -> dict:
 
 def ours_worker(spec_path: str, out_path: str) -> None:
     t_start = time.perf_counter()
-    import torch
-
     spec = json.load(open(spec_path))
     if spec["trainer"] == "reward":
         return ours_reward_worker(spec, out_path, t_start)
     if spec["trainer"] == "ppo":
         return ours_ppo_worker(spec, out_path, t_start)
-    if spec.get("trainer", "dpo") == "simpo":
+    if spec["trainer"] == "simpo":
         from core.trainers.simpo import SimPOConfig as Config, train_simpo as train
         extra = {"gamma_beta_ratio": spec["gamma_beta_ratio"]}
     else:

@@ -1,32 +1,28 @@
 """Padding-free forward passes: the real tokens of a padded batch packed into one row.
 
 What it is: a padded batch (B, T) spends compute on every pad position. On HH-RLHF pairs
-at max length 256, about 40 % of a DPO or reward-model batch is padding; in a PPO batch of
-left-padded prompts, as much. Here the attended tokens of all rows are laid end to end in
-one row (or a few rows of at most ``max_row_tokens``), each sequence's ``position_ids``
-restarting at 0. Given ``position_ids`` and no ``attention_mask``, transformers (>= 4.54,
-``masking_utils.find_packed_sequence_indices``) detects the sequence boundaries and builds
-a block-diagonal causal mask (sdpa / eager) or variable-length flash-attention calls, so no
-token attends across a boundary: every output equals the padded pass's up to float
-rounding (the tests check it against the padded forward), and no pad position is computed.
-This is TRL's ``padding_free`` idea, which TRL only enables with flash attention; the
-block mask makes it work with sdpa on CPU too.
+at max length 256, about 36 % of a DPO or reward-model batch is padding; in a PPO batch of
+left-padded prompts, about 28 %. Here the attended tokens of all rows are laid end to end in
+one row, each sequence's ``position_ids`` restarting at 0, and attention is computed for each
+sequence on its own (``_segment_attention``, registered with transformers' AttentionInterface;
+plain sdpa outside packed passes). Every output equals the padded pass's up to float rounding
+(the tests check it against the padded forward), and no pad position is computed. This is
+TRL's ``padding_free`` idea, which TRL only enables with flash attention; with flash attention
+transformers handles the packed row itself (variable-length kernels), with eager it builds a
+dense block-diagonal mask (rows then capped at ``MAX_ROW_TOKENS``).
 
-    packing = Packing.of(input_ids, attention_mask)                      # (B, T) -> (R, N), R usually 1
-    hidden = decoder(**packing.model_inputs()).last_hidden_state          # (R, N, H)
-    hidden = packing.unpack(hidden)                                       # (B, T, H), 0 at pads
+    logits = packed_logits(model, input_ids, attention_mask, start, stop)   # (B, stop - start, V)
+    logits, values = windowed_outputs(policy, input_ids, attention_mask, start, stop, value_head=head)
+    hidden = decoder_hidden_states(decoder, input_ids, attention_mask)      # (B, T, H), 0 at pads
 
-    logits = packed_logits(model, input_ids, attention_mask, start, stop)  # (B, stop - start, V)
+Why per-sequence attention: a dense block mask over the packed row costs O(N^2) for N packed
+tokens, about what the padding cost (bench/where_time_goes.py); one sdpa per sequence costs
+sum_b T_b^2, less than the padded batch.
 
-Cost of the block mask: attention over the packed row is O(N^2) instead of O(sum T_b^2);
-for N <= a few thousand tokens it is small next to the linear layers, and rows are capped
-at ``max_row_tokens`` (a sequence longer than the cap gets its own row).
-
-What it leaves out: models whose positions are not rotary/relative (absolute position
-embeddings need the same ids, which is fine, but not every architecture builds its mask
-through masking_utils), so packing is used only for the decoder families in
-``PACKABLE_MODEL_TYPES`` and falls back to the padded pass otherwise; a past KV cache
-(packing is for training and scoring passes, never for ``generate``).
+What it leaves out: architectures whose attention is not plain causal over rotary positions
+(soft-capping, sliding windows, absolute positions built outside masking_utils): packing is
+used only for the decoder families in ``PACKABLE_MODEL_TYPES`` and the padded pass otherwise;
+a past KV cache (packing is for training and scoring passes, never for ``generate``).
 """
 
 from __future__ import annotations
@@ -151,8 +147,8 @@ class Packing:
         device = input_ids.device
         N = max(row_len)
         packed = torch.zeros(len(row_len), N, dtype=input_ids.dtype, device=device)
-        positions = torch.arange(N, device=device).repeat(len(row_len), 1)  # tails: their own "sequence" from 0
-        rows, cols = [], []
+        positions = torch.zeros(len(row_len), N, dtype=torch.long, device=device)
+        rows, cols, segments = [], [], [[] for _ in row_len]
         for b, (n, r, s) in enumerate(zip(lengths, row_of, start_of)):
             if n == 0:
                 continue
@@ -160,12 +156,12 @@ class Packing:
             positions[r, s:s + n] = torch.arange(n, device=device)
             rows.append(torch.full((n,), r, device=device))
             cols.append(torch.arange(s, s + n, device=device))
+            segments[r].append((s, n))
         for r, used in enumerate(row_len):
-            positions[r, used:] = torch.arange(N - used, device=device)
-        segments = [sorted((start_of[b], n) for b, n in enumerate(lengths) if n and row_of[b] == r) for r in range(len(row_len))]
-        for r, used in enumerate(row_len):
-            if used < N:
-                segments[r].append((used, N - used))  # the row's tail: pad tokens, a "sequence" of their own
+            segments[r].sort()
+            if used < N:  # the row's tail: pad tokens, a "sequence" of their own from position 0
+                positions[r, used:] = torch.arange(N - used, device=device)
+                segments[r].append((used, N - used))
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return cls(packed, positions, mask, torch.cat(rows) if rows else empty, torch.cat(cols) if cols else empty,
                    segments)
@@ -204,38 +200,64 @@ class Packing:
         return torch.unique(self.cols[window[self.mask]])
 
 
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) position ids counted from each row's first attended token, so left padding shifts nothing."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def decoder_hidden_states(decoder, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, pack: bool = True) -> torch.Tensor:
     """Last hidden states (B, T, H) of a decoder (e.g. ``LlamaModel``), padding-free when it can be.
 
-    Falls back to the padded pass with ``position_ids`` counted from each row's first real
-    token (so left padding shifts nothing). Positions outside the mask are 0 when packed
-    and unspecified otherwise; read only attended positions.
+    Falls back to the padded pass with ``positions_from_mask``. Positions outside the mask
+    are 0 when packed and unspecified otherwise; read only attended positions.
     """
     if pack and can_pack(decoder):
         packing = Packing.of(input_ids, attention_mask, row_cap(decoder))
         with packed_pass(decoder, packing):
             return packing.unpack(decoder(**packing.model_inputs()).last_hidden_state)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    return decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+    return decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask),
                    use_cache=False).last_hidden_state
+
+
+def windowed_outputs(policy, input_ids, attention_mask, start: int, stop: int, value_head=None, critic=None,
+                     *, pack: bool = True):
+    """Logits of a causal LM ``policy`` (and values) at padded columns [start, stop), one pass per model.
+
+    Goes through ``policy.forward`` (so DDP / accelerate wrappers see the call) with
+    ``logits_to_keep`` restricted to the window, padding-free when the models allow it.
+    value_head: a head on the policy's last hidden state (shared backbone); critic: a separate
+    scalar-head model (``AutoModelForSequenceClassification``) read at every position. Returns
+    (logits (B, W, V), values (B, W) or None), W = stop - start; 0 at unattended positions when packed.
+    """
+    base = getattr(policy, "module", policy)  # DDP
+    want_hidden = value_head is not None
+    if pack and can_pack(base) and (critic is None or can_pack(critic)):
+        packing = Packing.of(input_ids, attention_mask, row_cap(base))
+        keep = packing.window_columns(start, stop)
+        with packed_pass(base, packing):
+            out = policy(**packing.model_inputs(), logits_to_keep=keep, output_hidden_states=want_hidden)
+        logits = packing.unpack(out.logits, start, stop, kept_columns=keep)  # (B, W, V)
+        values = None
+        if value_head is not None:
+            values = value_head(packing.unpack(out.hidden_states[-1], start, stop)).squeeze(-1)  # (B, W)
+        elif critic is not None:
+            with packed_pass(critic, packing):
+                hidden = critic(**packing.model_inputs(), output_hidden_states=True).hidden_states[-1]
+            values = critic.score(packing.unpack(hidden, start, stop)).squeeze(-1)
+        return logits, values
+    kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask),
+              use_cache=False)
+    out = policy(**kw, logits_to_keep=input_ids.shape[1] - start, output_hidden_states=want_hidden)
+    logits = out.logits[:, : stop - start]  # (B, W, V)
+    values = None
+    if value_head is not None:
+        values = value_head(out.hidden_states[-1][:, start:stop]).squeeze(-1)
+    elif critic is not None:
+        values = critic.score(critic(**kw, output_hidden_states=True).hidden_states[-1][:, start:stop]).squeeze(-1)
+    return logits, values
 
 
 def packed_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int, stop: int,
                   *, pack: bool = True) -> torch.Tensor:
-    """Logits (B, stop - start, V) of a causal LM at padded columns [start, stop); 0 at unattended positions.
-
-    Goes through ``model.forward`` (so DDP / accelerate wrappers see the call) with
-    ``logits_to_keep`` restricted to the window, padding-free when the model allows it.
-    """
-    base = getattr(model, "module", model)  # DDP
-    if pack and can_pack(base):
-        packing = Packing.of(input_ids, attention_mask, row_cap(base))
-        keep = packing.window_columns(start, stop)
-        with packed_pass(base, packing):
-            logits = model(**packing.model_inputs(), logits_to_keep=keep).logits  # (R, len(keep), V)
-        return packing.unpack(logits, start, stop, kept_columns=keep)
-    T = input_ids.shape[1]
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   logits_to_keep=T - start, use_cache=False).logits  # (B, T - start, V)
-    return logits[:, : stop - start]
+    """Logits (B, stop - start, V) of a causal LM at padded columns [start, stop) (``windowed_outputs``)."""
+    return windowed_outputs(model, input_ids, attention_mask, start, stop, pack=pack)[0]

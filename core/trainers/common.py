@@ -173,3 +173,22 @@ def open_run(kind: str, config, is_main: bool):
         run.truncate_after(step)
         run.set_status("running", step=step, error=None)
     return (run if is_main else None), step, folder
+
+
+def cli_main(config_class, train, desc=lambda config: "train", shown=("loss",)) -> None:
+    """The command line of a step-based trainer: tyro flags for ``config_class``, a tqdm bar showing the
+    ``shown`` metrics, then the run folder. desc: the bar's label from the parsed config."""
+    import tyro
+    from tqdm import tqdm
+
+    config = tyro.cli(config_class)
+    bar = tqdm(total=config.num_steps, desc=desc(config))
+
+    def on_log(step, metrics):
+        bar.update(step - bar.n)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if k in shown})
+
+    run = train(config, on_log=on_log)
+    bar.close()
+    if run is not None:
+        print(f"run folder: {run.path}")

@@ -322,20 +322,9 @@ def train_dpo(config: DPOConfig, on_log: OnLog | None = None):
 
 
 def main() -> None:
-    import tyro
-    from tqdm import tqdm
+    from core.trainers.common import cli_main
 
-    config = tyro.cli(DPOConfig)
-    bar = tqdm(total=config.num_steps, desc=config.loss_type)
-
-    def on_log(step, metrics):
-        bar.update(step - bar.n)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if k in ("loss", "eval/rewards/accuracies")})
-
-    run = train_dpo(config, on_log=on_log)
-    bar.close()
-    if run is not None:
-        print(f"run folder: {run.path}")
+    cli_main(DPOConfig, train_dpo, desc=lambda c: c.loss_type, shown=("loss", "eval/rewards/accuracies"))
 
 
 if __name__ == "__main__":

@@ -287,7 +287,7 @@ class PolicyWithValue(nn.Module):
 
     def forward(self, input_ids, attention_mask, start: int = 0, stop: int | None = None):
         """(logits (B, W, V), values (B, W)) at columns [start, stop); padding-free when the models allow it."""
-        from core.value_head import windowed_outputs
+        from core.packing import windowed_outputs
 
         stop = input_ids.shape[1] if stop is None else stop
         if self.shared:

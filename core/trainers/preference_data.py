@@ -279,13 +279,15 @@ def epoch_at(step: int, n: int, batch_size: int, accumulation: int, world: int =
 def _left_pad(rows: list[list[int]], pad_id: int):
     import torch
 
+    from core.packing import positions_from_mask
+
     T = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), T), dtype=torch.long)
     for i, r in enumerate(rows):
         input_ids[i, T - len(r):] = torch.tensor(r, dtype=torch.long)
         attention_mask[i, T - len(r):] = 1
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # 0 at each row's first real token
+    position_ids = positions_from_mask(attention_mask)  # 0 at each row's first real token
     return input_ids, attention_mask, position_ids
 
 

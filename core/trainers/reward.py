@@ -220,7 +220,6 @@ def batch_schedule(n: int, batch_size: int, epochs: int, seed: int) -> list[list
             for i in range(0, n, batch_size)]
 
 
-
 def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run:
     """Train a Bradley-Terry reward model; returns its run (``run.status()["model_path"]`` is the saved folder)."""
     import torch

@@ -250,20 +250,9 @@ def train_sft(config: SFTConfig, on_log: OnLog | None = None):
 
 
 def main() -> None:
-    import tyro
-    from tqdm import tqdm
+    from core.trainers.common import cli_main
 
-    config = tyro.cli(SFTConfig)
-    bar = tqdm(total=config.num_steps, desc="sft")
-
-    def on_log(step, metrics):
-        bar.update(step - bar.n)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if k in ("loss", "eval/loss")})
-
-    run = train_sft(config, on_log=on_log)
-    bar.close()
-    if run is not None:
-        print(f"run folder: {run.path}")
+    cli_main(SFTConfig, train_sft, desc=lambda c: "sft", shown=("loss", "eval/loss"))
 
 
 if __name__ == "__main__":

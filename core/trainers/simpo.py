@@ -285,20 +285,9 @@ def train_simpo(config: SimPOConfig, on_log: OnLog | None = None):
 
 
 def main() -> None:
-    import tyro
-    from tqdm import tqdm
+    from core.trainers.common import cli_main
 
-    config = tyro.cli(SimPOConfig)
-    bar = tqdm(total=config.num_steps, desc="simpo")
-
-    def on_log(step, metrics):
-        bar.update(step - bar.n)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if k in ("loss", "eval/rewards/accuracies")})
-
-    run = train_simpo(config, on_log=on_log)
-    bar.close()
-    if run is not None:
-        print(f"run folder: {run.path}")
+    cli_main(SimPOConfig, train_simpo, desc=lambda c: "simpo", shown=("loss", "eval/rewards/accuracies"))
 
 
 if __name__ == "__main__":
