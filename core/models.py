@@ -16,6 +16,8 @@ What it does
   backbone; ``core.value_head.CausalLMWithValueHead`` adds a value head to a policy.
 - LoRA through ``peft``: ``apply_lora``; the reference policy is then the same
   backbone with adapters disabled (``reference_mode``), one copy in memory.
+- A PEFT adapter folder (what a LoRA run exports, ``core.export``) loads as its base
+  model with the adapter merged in: ``load_causal_lm(RUN_FOLDER / "model")``.
 
 What it leaves out: quantised training (weights are de-quantised to fp32/bf16),
 GGUF files other than the default one.
@@ -241,10 +243,14 @@ def resolve_model(model_name_or_path: str) -> str:
     if name.lower() == TINY_MODEL:
         return str(ensure_tiny_model())
     path = Path(name).expanduser()
+    if path.is_dir() and (path / "adapter_config.json").is_file():  # a PEFT adapter folder (e.g. an exported run)
+        if not (path / "adapter_model.safetensors").is_file():
+            raise ModelLoadError(f"Adapter folder {path.resolve()} has no adapter_model.safetensors. Fix: re-save it with save_pretrained.")
+        return str(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"Model folder {path.resolve()} has no config.json. Fix: point to a folder saved with save_pretrained.")
-        if not list(path.glob("*.safetensors")) and not (path / "adapter_config.json").is_file():
+        if not list(path.glob("*.safetensors")):
             raise ModelLoadError(
                 f"Model folder {path.resolve()} has no *.safetensors weights (only safetensors are read, never pickles). "
                 "Fix: re-save it with save_pretrained(safe_serialization=True)."
@@ -283,12 +289,29 @@ def load_tokenizer(model_name_or_path: str = DEFAULT_MODEL, padding_side: str = 
     return tok
 
 
+def adapter_base(path: str) -> str | None:
+    """The base model a PEFT adapter folder was trained on (resolved), or None when ``path`` is not an adapter."""
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ModelLoadError(f"Adapter folder {path} does not name its base model (base_model_name_or_path).")
+    return resolve_model(base)
+
+
 def _from_pretrained(cls, model_name_or_path: str, *, device=None, dtype=None, trust_remote_code=False, **kwargs):
     from core.devices import default_dtype, pick_device
 
     device = pick_device(device)
     dtype = dtype or default_dtype(device)
     path = resolve_model(model_name_or_path)
+    base = adapter_base(path)
+    if base is not None:  # a LoRA adapter: its base with the adapter merged in, a plain model like any other
+        from peft import PeftModel
+
+        model = _from_pretrained(cls, base, device=device, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+        return PeftModel.from_pretrained(model, path).merge_and_unload()
     try:
         model = cls.from_pretrained(path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs)
     except Exception as exc:

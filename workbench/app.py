@@ -44,7 +44,8 @@ def sidebar() -> None:
     sb = st.sidebar
     sb.markdown("### Model")
     choices = state.model_choices()
-    choice = sb.selectbox("Policy model", choices, index=choices.index(state.default_model()), key="frame_model_choice", help="The tiny random Llama is for speed only: its text is gibberish.")
+    choice = sb.selectbox("Policy model", choices, index=choices.index(state.default_model()), key="frame_model_choice", format_func=state.model_label,
+                          help="The tiny random Llama is for speed only: its text is gibberish. Finished runs appear by name, kind and time.")
     name = choice
     if choice == state.OTHER:
         name = sb.text_input("Model folder or hub id", key="frame_model_custom", placeholder="/path/to/model or owner/name").strip()

@@ -14,6 +14,7 @@ What it leaves out: training (``workbench.jobs``), drawing (``workbench.charts``
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import streamlit as st
 
@@ -33,10 +34,30 @@ def default_model() -> str:
 
 
 def model_choices() -> list[str]:
+    """The default models, then finished runs' exported policies (their folders), then OTHER."""
     choices = [DEFAULT_MODEL, TINY_MODEL]
     if default_model() not in choices:
         choices.insert(0, default_model())
-    return choices + [OTHER]
+    return choices + list(trained_models()) + [OTHER]
+
+
+def model_label(choice: str) -> str:
+    """What the model selector shows for ``choice``: "run name · kind · time" for an exported run."""
+    return trained_models().get(choice, choice)
+
+
+def trained_models() -> dict[str, str]:
+    """folder -> label of the exported policies of finished runs in the run store (core.export)."""
+    from core.paths import runs_dir
+
+    return _trained_models(str(runs_dir()))
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def _trained_models(root: str) -> dict[str, str]:
+    from core.export import exported_models
+
+    return dict(exported_models(Path(root)))
 
 
 def current_model() -> str:
@@ -79,9 +100,10 @@ def model_context_length(model: str) -> int:
     """How many tokens the policy can attend to (prompt + response), read from its config (no weights loaded)."""
     from transformers import AutoConfig
 
-    from core.models import resolve_model
+    from core.models import adapter_base, resolve_model
 
-    config = AutoConfig.from_pretrained(resolve_model(model))
+    path = resolve_model(model)
+    config = AutoConfig.from_pretrained(adapter_base(path) or path)  # an adapter folder: its base's config
     return int(getattr(config, "max_position_embeddings", 2048) or 2048)
 
 

@@ -112,6 +112,8 @@ class DPOConfig:
     """'' or a comma list of tensorboard, wandb, trackio"""
     cpu: bool = False
     """train on the CPU even when a GPU is present"""
+    export_merged: bool = False
+    """LoRA runs: besides the adapter in RUN_FOLDER/model, write the merged full model to RUN_FOLDER/model-merged"""
 
 
 def dpo_objective(config: DPOConfig):
@@ -316,6 +318,8 @@ def train_dpo(config: DPOConfig, on_log: OnLog | None = None):
             if (config.save_every and step % config.save_every == 0) or step == num_steps:
                 accelerator.wait_for_everyone()
                 pd.save_checkpoint(run, step, accelerator.unwrap_model(model), optimizer)
+        from core.export import export_model  # 7. export RUN_FOLDER/model (run is None off the main process)
+        export_model(run, accelerator.unwrap_model(model), tokenizer, merge=config.export_merged)
         if config.trackers:
             accelerator.end_training()
     return run

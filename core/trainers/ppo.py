@@ -164,6 +164,8 @@ class PPOConfig:
     """comma list of accelerate trackers: tensorboard, wandb, trackio"""
     cpu: bool = False
     """force CPU"""
+    export_merged: bool = False
+    """LoRA runs: besides the adapter in RUN_FOLDER/model, write the merged full model to RUN_FOLDER/model-merged"""
 
 
 def short_ppo_config(**overrides) -> PPOConfig:
@@ -528,6 +530,8 @@ def train_ppo(config: PPOConfig, on_log=None, *, extra_rewards: dict | None = No
                                         if hasattr(optimizer, "optimizer") else optimizer,
                                         state={"kl_coef": kl_ctl.value, "rng": rng_state(), "config": asdict(config)})
             accelerator.wait_for_everyone()
+        from core.export import export_model  # 8. export the policy only (no value head/critic) on the main process
+        export_model(run if main else None, policy, tokenizer, merge=config.export_merged)
     accelerator.end_training()
     return run
 
