@@ -111,7 +111,7 @@ def test_lora_dpo_run_exports_an_adapter_the_app_offers(tiny_model_path, pairs_f
     from peft import PeftModel
 
     from core import export
-    from core.models import load_causal_lm
+    from core.models import load_causal_lm, load_tokenizer
     from core.trainers.dpo import DPOConfig, train_dpo
     from workbench import state
 
@@ -128,6 +128,7 @@ def test_lora_dpo_run_exports_an_adapter_the_app_offers(tiny_model_path, pairs_f
     # the app's model selector offers it, by name, kind and time; load_causal_lm loads it (merged)
     assert str(folder) in state.model_choices()
     assert state.model_label(str(folder)).startswith("tiny-dpo · dpo · ")
+    assert load_tokenizer(str(folder)).get_vocab() == load_tokenizer(str(tiny_model_path)).get_vocab()
     torch.testing.assert_close(_logits(load_causal_lm(str(folder), device="cpu"), input_ids),
                                _logits(trained, input_ids), rtol=1e-5, atol=1e-5)
 
