@@ -285,11 +285,14 @@ def print_report(report: dict) -> None:
     print(f"MFU against a bf16 peak of {_fmt(report['peak_tflops'], '.1f')} TFLOPS\n")
     print(f"{'trainer':<8} {'steps':>5} {'step s':>8} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9} {'trained in':>16}")
     for name, r in report["trainers"].items():
+        if r["status"] != "finished":
+            print(f"{name:<8} FAILED: {r.get('error')}")
+            continue
         dtype = "fp32 + fp32 Adam" if r["fp32_master_weights"] else ",".join(r["trainable_dtypes"]) + " (!)"
         print(f"{name:<8} {r['steps']:>5} {r['step_s']:>8.3f} {r['tokens_per_s']:>10.0f} "
               f"{_pct(r['mfu']):>7} {_fmt(r['peak_memory_gib'], '.2f'):>9} {dtype:>16}")
     ppo = report["trainers"].get("ppo")
-    if ppo:
+    if ppo and "phases" in ppo:
         print(f"\nPPO phases per iteration ({ppo['generated_tokens_per_s']:.0f} generated tokens/s):")
         for p, v in ppo["phases"].items():
             print(f"  {p:<11} {v['s_per_step']:>8.3f} s  {100 * v['share']:>5.1f}% of the step   MFU {_pct(v['mfu'])}")
@@ -354,7 +357,10 @@ def main(argv: list[str] | None = None) -> dict:
             train, config = configs[name]
             n = matmul_params(model, reward_model=True) if name == "reward" else n_flop
             print(f"[gpu_check] {name} ...", flush=True)
-            report["trainers"][name] = run_one(name, train, config, n, peak, tokenizer)
+            try:
+                report["trainers"][name] = run_one(name, train, config, n, peak, tokenizer)
+            except Exception as exc:  # noqa: BLE001 - a readiness check reports every trainer, failed ones too
+                report["trainers"][name] = {"status": "failed", "error": f"{exc.__class__.__name__}: {exc}"[:500]}
     finally:
         if old_runs is None:
             os.environ.pop("RLHF_WORKBENCH_RUNS", None)
@@ -371,4 +377,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
-        main()
+        results = main()
+        sys.exit(0 if all(r["status"] == "finished" for r in results["trainers"].values()) else 1)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -236,7 +237,14 @@ def main() -> None:
     parser.add_argument("run_folder", help="a finished SFT/DPO/SimPO/PPO run folder")
     parser.add_argument("--merge", action="store_true", help="LoRA runs: also write model-merged/, a full model")
     args = parser.parse_args()
-    folder = export_run(args.run_folder, merge=args.merge)
+    from core.models import ModelLoadError
+    from core.runstore import RunStoreError
+    from core.trainers.common import TrainingError
+
+    try:
+        folder = export_run(args.run_folder, merge=args.merge)
+    except (ModelLoadError, RunStoreError, TrainingError) as exc:
+        sys.exit(f"[rlhf-workbench] cannot export: {exc}")
     print(f"exported to {folder}" + (f" and {folder.with_name(MERGED_DIR)}" if args.merge and
                                       folder.with_name(MERGED_DIR).is_dir() else ""))
 
