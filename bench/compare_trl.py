@@ -277,10 +277,10 @@ def ours_reward_worker(spec: dict, out_path: str, t_start: float) -> None:
     from core.trainers.reward import RewardConfig, train_reward_model
 
     config = RewardConfig(
-        model=spec["model"], dataset=spec["data"], limit=0, eval_fraction=0.0, max_length=spec["max_length"],
-        freeze_backbone=False, use_lora=False, epochs=spec["epochs"], batch_size=spec["batch_size"],
+        model_name_or_path=spec["model"], dataset=spec["data"], limit=0, eval_fraction=0.0, max_length=spec["max_length"],
+        freeze_backbone=False, use_lora=False, num_epochs=spec["epochs"], batch_size=spec["batch_size"],
         learning_rate=spec["learning_rate"], weight_decay=0.0, max_grad_norm=10.0, eval_every=10**9,
-        checkpoint_every=0, seed=spec["seed"], save_model=False, cpu=True, progress=False, name="bench-compare-trl-rm",
+        save_every=0, seed=spec["seed"], save_model=False, cpu=True, progress=False, name="bench-compare-trl-rm",
     )
     rows = []
 

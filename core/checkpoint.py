@@ -13,10 +13,12 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
 
 def optimizer_to_tensors(optimizer) -> tuple[dict, dict]:
-    import torch
-
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
     for pid, state in sd["state"].items():
@@ -30,8 +32,6 @@ def optimizer_to_tensors(optimizer) -> tuple[dict, dict]:
 
 
 def load_optimizer_tensors(optimizer, folder: Path) -> None:
-    from safetensors.torch import load_file
-
     tensors = load_file(str(Path(folder) / "optimizer.safetensors"))
     meta = json.loads((Path(folder) / "optimizer.json").read_text())
     state: dict[int, dict] = {}
@@ -45,9 +45,6 @@ def load_optimizer_tensors(optimizer, folder: Path) -> None:
 
 
 def rng_state() -> dict:
-    import numpy as np
-    import torch
-
     np_state = np.random.get_state()
     return {
         "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
@@ -58,9 +55,6 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    import numpy as np
-    import torch
-
     v, internal, gauss = state["python"]
     random.setstate((v, tuple(internal), gauss))
     n = state["numpy"]
@@ -76,15 +70,11 @@ def trainable_state_dict(model) -> dict:
 
 
 def load_trainable_state_dict(model, folder: Path) -> None:
-    from safetensors.torch import load_file
-
     tensors = load_file(str(Path(folder) / "model.safetensors"))
     params = dict(model.named_parameters())
     unknown = [k for k in tensors if k not in params]
     if unknown:
         raise ValueError(f"checkpoint {folder} holds parameters this model lacks: {unknown[:3]} (a different model or LoRA setting?)")
-    import torch
-
     with torch.no_grad():
         for k, v in tensors.items():
             params[k].copy_(v.to(params[k].device, params[k].dtype))

@@ -2,9 +2,17 @@
 
     from core.devices import make_accelerator
     accelerator = make_accelerator(gradient_accumulation_steps=2)
+
+torch and accelerate are imported inside the functions: ``core.models`` imports this
+module and stays cheap to import (tests/test_models.py).
 """
 
 from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
 
 
 def pick_device(device=None):
@@ -67,11 +75,6 @@ def keep_freed_memory() -> bool:
     The cost: the process keeps its peak memory after training ends. Idempotent; returns
     whether it applied. ``RLHF_WORKBENCH_KEEP_FREED_MEMORY=0`` switches it off.
     """
-    import ctypes
-    import ctypes.util
-    import os
-    import sys
-
     if os.environ.get("RLHF_WORKBENCH_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
         return False
     try:

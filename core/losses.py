@@ -131,7 +131,7 @@ def simpo_loss(policy_chosen_logps, policy_rejected_logps, beta=2.0, gamma_beta_
 
 # ---------------------------------------------------------------------------- PPO
 
-def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
+def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange=0.2):
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), negated to a loss, per token.
 
     logprobs: (B, T) log-probs of the sampled tokens under the current policy (with grad).
@@ -149,7 +149,7 @@ def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
     loss = masked_mean(torch.max(unclipped, clipped), mask)
     stats = {
         "clipfrac": masked_mean((unclipped < clipped).to(logprobs.dtype), mask).detach(),
@@ -159,7 +159,7 @@ def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
     return loss, stats
 
 
-def ppo_value_loss(values, old_values, returns, mask, clip_range_value=0.2):
+def ppo_value_loss(values, old_values, returns, mask, cliprange_value=0.2):
     """Clipped value loss of PPO as implemented by OpenAI baselines / lm-human-preferences.
 
     values: (B, T) current value predictions (with grad); old_values: (B, T) predictions
@@ -170,7 +170,7 @@ def ppo_value_loss(values, old_values, returns, mask, clip_range_value=0.2):
         clipfrac    fraction of masked tokens where the clipped error is the larger one
         value_mean  masked_mean(values)
     """
-    values_clipped = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
+    values_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     unclipped = (values - returns) ** 2
     clipped = (values_clipped - returns) ** 2
     loss = 0.5 * masked_mean(torch.max(unclipped, clipped), mask)

@@ -49,7 +49,7 @@ METRICS: dict[str, str] = {
     # --- reward model (core/trainers/reward.py)
     "rm/accuracy": "fraction of pairs with r(chosen) > r(rejected)",
     "rm/margin": "mean of r(chosen) − r(rejected)",
-    # --- fine-grained C1/C2 reward models (core/rewards/finegrained.py)
+    # --- fine-grained C1/C2 reward models (core/trainers/finegrained.py)
     "fg/accuracy": "fraction of segments whose predicted label (error iff P(error) ≥ threshold) equals the human label",
     "fg/f1": "F1 of the erroneous class: 2·TP / (2·TP + FP + FN) over segments",
     # --- shared

@@ -32,6 +32,9 @@ import contextvars
 from dataclasses import dataclass, field
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 # decoder families with rotary positions and plain causal attention (no soft-capping, no sliding window by default)
 PACKABLE_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "olmo", "olmo2", "granite"})
@@ -60,8 +63,6 @@ def _segment_attention(module, query, key, value, attention_mask, dropout=0.0, s
     row would cost N^2 (measured: 2.5 s against 0.9 s of attention for 24 HH pairs). query (R, H, N, d), key and
     value (R, H_kv, N, d); returns ((R, N, H, d), None) as transformers' sdpa_attention_forward does.
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     packing = _ACTIVE.get()
     if packing is None or query.shape[2] != packing.input_ids.shape[1] or query.shape[0] != packing.input_ids.shape[0]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -80,8 +81,6 @@ def _segment_attention(module, query, key, value, attention_mask, dropout=0.0, s
 
 def _segment_mask(*args, **kwargs):
     """No mask inside a packed pass (``_segment_attention`` needs none); transformers' sdpa mask otherwise."""
-    from transformers.masking_utils import sdpa_mask
-
     return None if _ACTIVE.get() is not None else sdpa_mask(*args, **kwargs)
 
 
@@ -89,9 +88,6 @@ def use_segment_attention(model) -> None:
     """Switch an sdpa model to ``SEGMENT_ATTENTION`` (idempotent). Outside packed passes (e.g. ``generate``) it
     IS sdpa, so the switch changes no result anywhere; it is never switched back, so no other thread can see a
     half-switched model."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
     if SEGMENT_ATTENTION not in AttentionInterface._global_mapping:
         AttentionInterface.register(SEGMENT_ATTENTION, _segment_attention)
         AttentionMaskInterface.register(SEGMENT_ATTENTION, _segment_mask)

@@ -37,5 +37,5 @@ def shared_data_dir() -> Path:
 
 
 def demo_data_dir() -> Path:
-    """The small demo set shipped inside the repository (written for this project)."""
-    return PROJECT_ROOT / "core" / "demo_data"
+    """The small demo set shipped inside the package (written for this project)."""
+    return Path(__file__).resolve().parent / "demo_data"

@@ -196,8 +196,10 @@ class Run:
 
     def save_checkpoint(self, step: int, tensors: dict, optimizer=None, state: dict | None = None, keep: int = 2) -> Path:
         """Write ``checkpoints/step-N/`` atomically: weights and optimizer in safetensors, state in JSON."""
-        from core.checkpoint import optimizer_to_tensors
+        # imported here, not at the top: reading runs (the app, list_runs) stays free of torch
         from safetensors.torch import save_file
+
+        from core.checkpoint import optimizer_to_tensors
 
         final = self.path / "checkpoints" / f"step-{step:06d}"
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")

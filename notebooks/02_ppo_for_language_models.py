@@ -35,16 +35,8 @@
 
 # %%
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-try:
-    import core  # noqa: F401
-except ImportError:  # opened from notebooks/ without PYTHONPATH: add the project root (the folder holding core/)
-    root = next(p for p in [Path.cwd().resolve(), *Path.cwd().resolve().parents] if (p / "core" / "__init__.py").is_file())
-    sys.path.insert(0, str(root))
-    import core  # noqa: F401
 
 import copy
 
@@ -176,7 +168,7 @@ reward_model = load_reward_model(TINY_MODEL, device="cpu")  # random scalar head
 for m in (reference, reward_model):
     m.requires_grad_(False)
 
-kl_coef, gamma, lam, clip_range, clip_range_value, vf_coef, ptx_coef = 0.1, 1.0, 0.95, 0.2, 0.2, 0.5, 0.05
+kl_coef, gamma, lam, cliprange, cliprange_value, vf_coef, ptx_coef = 0.1, 1.0, 0.95, 0.2, 0.2, 0.5, 0.05
 
 # %% [markdown]
 # **Rollout.** Sample 6 tokens for each of 3 prompts (temperature 1, no top-k, so the sampling distribution is
@@ -338,8 +330,8 @@ def ppo_step():
     new_logits, new_hidden_values = model(input_ids, attention_mask)
     new_logprobs = completion_logprobs(new_logits, input_ids, completion_mask)  # (B, T), with grad
     new_values = torch.cat([torch.zeros(B, 1), new_hidden_values[:, :-1]], dim=1) * completion_mask
-    pg_loss, pg_stats = ppo_policy_loss(new_logprobs, old_logprobs, whitened, completion_mask, clip_range)
-    vf_loss, vf_stats = ppo_value_loss(new_values, old_values, returns, completion_mask, clip_range_value)
+    pg_loss, pg_stats = ppo_policy_loss(new_logprobs, old_logprobs, whitened, completion_mask, cliprange)
+    vf_loss, vf_stats = ppo_value_loss(new_values, old_values, returns, completion_mask, cliprange_value)
     ptx_logps = completion_logprobs(model.policy(input_ids=ptx_ids).logits, ptx_ids, ptx_mask)
     ptx = ptx_loss(ptx_logps, ptx_mask, ptx_coef)
     loss = pg_loss + vf_coef * vf_loss + ptx
@@ -358,11 +350,11 @@ new_logprobs, new_values, ptx_logps, pg_loss, pg_stats, vf_loss, vf_stats, ptx =
 keep = completion_mask.bool()
 ratio = torch.exp(new_logprobs - old_logprobs)[keep]  # (N,) one entry per response token
 A = whitened[keep]
-my_pg_loss = torch.min(ratio * A, torch.clamp(ratio, 1 - clip_range, 1 + clip_range) * A).mean().neg()  # -L^CLIP
-my_clipfrac = ((torch.clamp(ratio, 1 - clip_range, 1 + clip_range) * A) < (ratio * A)).float().mean()
+my_pg_loss = torch.min(ratio * A, torch.clamp(ratio, 1 - cliprange, 1 + cliprange) * A).mean().neg()  # -L^CLIP
+my_clipfrac = ((torch.clamp(ratio, 1 - cliprange, 1 + cliprange) * A) < (ratio * A)).float().mean()
 
 v, v_old, R = new_values[keep], old_values[keep], returns[keep]
-v_clipped = v_old + torch.clamp(v - v_old, -clip_range_value, clip_range_value)
+v_clipped = v_old + torch.clamp(v - v_old, -cliprange_value, cliprange_value)
 my_vf_loss = 0.5 * torch.max((v - R) ** 2, (v_clipped - R) ** 2).mean()
 my_ptx = -ptx_coef * ptx_logps[ptx_mask.bool()].mean()
 
@@ -400,7 +392,7 @@ assert_close(logprobs, completion_logprobs(logits, input_ids, completion_mask))
 assert_close(my_rewards, shaped_rewards)
 assert_close(torch.tensor(row_gae_lambda_return(shaped_rewards[0, keep[0]].tolist(), values[0, keep[0]].tolist())),
              advantages[0, keep[0]])
-assert_close(my_pg_loss, ppo_policy_loss(new_logprobs, old_logprobs, whitened, completion_mask, clip_range)[0])
-assert_close(my_vf_loss, ppo_value_loss(new_values, old_values, returns, completion_mask, clip_range_value)[0])
+assert_close(my_pg_loss, ppo_policy_loss(new_logprobs, old_logprobs, whitened, completion_mask, cliprange)[0])
+assert_close(my_vf_loss, ppo_value_loss(new_values, old_values, returns, completion_mask, cliprange_value)[0])
 assert_close(my_ptx, ptx_loss(ptx_logps, ptx_mask, ptx_coef))
 print("all checks passed")

@@ -37,16 +37,8 @@
 
 # %%
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-try:
-    import core  # noqa: F401
-except ImportError:  # opened from notebooks/ without PYTHONPATH: add the project root (the folder holding core/)
-    root = next(p for p in [Path.cwd().resolve(), *Path.cwd().resolve().parents] if (p / "core" / "__init__.py").is_file())
-    sys.path.insert(0, str(root))
-    import core  # noqa: F401
 
 import itertools
 

@@ -32,11 +32,11 @@
 # 5. predict how changing $w_k$ moves the per-token rewards and the advantages, and check that the reward is linear
 #    in $w$.
 #
-# **What it leaves out.** Training the C1/C2/C3 reward models (`python -m core.rewards.finegrained train`) and the
-# PPO loop. Here each reward model is replaced by an **oracle**: the human labels themselves (a perfect C1/C2
-# reward model would output exactly these), so every number can be traced to a highlighted span. The policy and its
-# reference are the random `tiny-random-llama` (only their log-probabilities are needed, for the KL term). Runs in
-# seconds on CPU.
+# **What it leaves out.** Training the C1/C2/C3 reward models (`python -m core.trainers.finegrained`,
+# `python -m core.trainers.reward`) and the PPO loop. Here each reward model is replaced by an **oracle**: the human
+# labels themselves (a perfect C1/C2 reward model would output exactly these), so every number can be traced to a
+# highlighted span. The policy and its reference are the random `tiny-random-llama` (only their log-probabilities are
+# needed, for the KL term). Runs in seconds on CPU.
 #
 # **How to run.** `.venv/bin/jupyter lab notebooks/` from the project root (see `notebooks/README.md`). The real
 # record is read from `../shared/data/qa_feedback/` (see its README); without it the notebook uses the built-in demo
@@ -44,16 +44,8 @@
 
 # %%
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-try:
-    import core  # noqa: F401
-except ImportError:  # opened from notebooks/ without PYTHONPATH: add the project root (the folder holding core/)
-    root = next(p for p in [Path.cwd().resolve(), *Path.cwd().resolve().parents] if (p / "core" / "__init__.py").is_file())
-    sys.path.insert(0, str(root))
-    import core  # noqa: F401
 
 import copy
 import html

@@ -150,7 +150,7 @@ def test_ppo_policy_loss_clipped_hand_computed():
     logprobs = torch.log(torch.tensor([[1.5, 0.5, 1.5, 3.0]]))
     advantages = torch.tensor([[2.0, 1.0, -1.0, 5.0]])
     mask = torch.tensor([[1, 1, 1, 0]])
-    loss, stats = ppo_policy_loss(logprobs, old, advantages, mask, clip_range=eps)
+    loss, stats = ppo_policy_loss(logprobs, old, advantages, mask, cliprange=eps)
     per_token = [max(-2.0 * 1.5, -2.0 * 1.2), max(-1.0 * 0.5, -1.0 * 0.8), max(1.0 * 1.5, 1.0 * 1.2)]
     assert_close(loss, torch.tensor(sum(per_token) / 3))
     assert_close(stats["clipfrac"], torch.tensor(1 / 3))
@@ -171,7 +171,7 @@ def test_ppo_value_loss_closed_form():
     old_values = torch.tensor([[0.0, 0.4, 1.0, 0.0]])
     returns = torch.tensor([[0.0, 1.0, 3.0, 0.0]])
     mask = torch.tensor([[1, 1, 1, 0]])
-    loss, stats = ppo_value_loss(values, old_values, returns, mask, clip_range_value=0.2)
+    loss, stats = ppo_value_loss(values, old_values, returns, mask, cliprange_value=0.2)
     # clipped values: 0.2, 0.5, 1.2
     unclipped = [1.0, 0.25, 1.0]
     clipped = [0.04, 0.25, 3.24]

@@ -25,8 +25,8 @@ def write_keyword_pairs(path, n=80, seed=0):
 def tiny_config(tmp_path, **kw):
     from core.trainers.reward import RewardConfig
 
-    defaults = dict(model="tiny-random-llama", dataset=str(write_keyword_pairs(tmp_path / "pairs.jsonl")), limit=0,
-                    epochs=25, batch_size=16, learning_rate=1e-2, max_length=48, save_dir=str(tmp_path / "rm"),
+    defaults = dict(model_name_or_path="tiny-random-llama", dataset=str(write_keyword_pairs(tmp_path / "pairs.jsonl")), limit=0,
+                    num_epochs=25, batch_size=16, learning_rate=1e-2, max_length=48, save_dir=str(tmp_path / "rm"),
                     progress=False, eval_every=20)
     defaults.update(kw)
     return RewardConfig(**defaults)
@@ -100,8 +100,8 @@ def test_lora_training_changes_adapters_and_resumes(tmp_path):
     from core.runstore import Run
     from core.trainers.reward import train_reward_model
 
-    cfg = tiny_config(tmp_path, freeze_backbone=False, use_lora=True, lora_r=4, epochs=1, batch_size=16,
-                      learning_rate=1e-3, checkpoint_every=2, save_model=False)
+    cfg = tiny_config(tmp_path, freeze_backbone=False, use_lora=True, lora_r=4, num_epochs=1, batch_size=16,
+                      learning_rate=1e-3, save_every=2, save_model=False)
     run = train_reward_model(cfg)
     rows = [r for r in run.metrics() if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and run.latest_checkpoint()[0] == 4
@@ -111,7 +111,7 @@ def test_lora_training_changes_adapters_and_resumes(tmp_path):
     adapters = load_file(str(run.latest_checkpoint()[1] / "model.safetensors"))
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapters.items())  # lora_B starts at 0
     # resume: a second epoch continues at step 5 in the same run folder
-    cfg.epochs, cfg.resume_from = 2, str(run.path)
+    cfg.num_epochs, cfg.resume_from = 2, str(run.path)
     train_reward_model(cfg)
     steps = [r["step"] for r in Run.open(run.path).metrics() if "loss" in r]
     assert steps == list(range(1, 9))
@@ -167,7 +167,7 @@ def test_segment_labels_from_spans_exact():
 
 
 def test_classification_figures_with_majority_baseline():
-    from core.rewards.finegrained import classification_figures
+    from core.trainers.finegrained import classification_figures
 
     labels = torch.tensor([0, 0, 0, 1, 1])
     f = classification_figures(torch.tensor([0, 1, 0, 1, 0]), labels, train_labels=torch.tensor([0, 0, 1]))
@@ -207,12 +207,12 @@ def _feedback_file(tmp_path, error):
     ({"error type": "Boring", "start": 0, "end": 3}, "record 0: unknown error type 'Boring'"),
 ])
 def test_bad_spans_name_file_and_record(tmp_path, error, message):
-    from core.rewards.finegrained import FineGrainedConfig, train_finegrained_rm
+    from core.trainers.finegrained import FineGrainedConfig, train_finegrained_rm
 
     path = _feedback_file(tmp_path, error)
     with pytest.raises(DataError, match=message) as info:
-        train_finegrained_rm(FineGrainedConfig(data=str(path), model="tiny-random-llama", save_dir=str(tmp_path / "fg"),
-                                               progress=False))
+        train_finegrained_rm(FineGrainedConfig(data=str(path), model_name_or_path="tiny-random-llama",
+                                               save_dir=str(tmp_path / "fg"), progress=False))
     assert "feedback.json" in str(info.value)
     assert not (tmp_path / "fg").exists()
 
@@ -222,17 +222,18 @@ def test_bad_spans_name_file_and_record(tmp_path, error, message):
 
 def test_real_data_training_paths(shared_data, tmp_path):
     """HH-RLHF, QA-Feedback preferences (C3) and spans (C1) on a handful of records with the tiny model."""
-    from core.rewards.finegrained import FineGrainedConfig, train_finegrained_rm
     from core.rewards.store import list_reward_models, load_reward_component
     from core.rewards.tensor import compute_token_rewards
+    from core.trainers.finegrained import FineGrainedConfig, train_finegrained_rm
     from core.trainers.reward import RewardConfig, train_reward_model
 
     for dataset, category in (("hh_rlhf", ""), ("qa_feedback", "C3")):
-        run = train_reward_model(RewardConfig(model="tiny-random-llama", dataset=dataset, category=category, limit=12,
-                                              epochs=2, max_length=48, save_dir=str(tmp_path / f"rm-{dataset}"), progress=False))
+        run = train_reward_model(RewardConfig(model_name_or_path="tiny-random-llama", dataset=dataset, category=category,
+                                              limit=12, num_epochs=2, max_length=48, save_dir=str(tmp_path / f"rm-{dataset}"),
+                                              progress=False))
         assert run.status()["status"] == "finished" and run.status()["figures"]["eval_pairs"] > 0
-    run = train_finegrained_rm(FineGrainedConfig(category="C1", model="tiny-random-llama", limit=6, epochs=3, max_length=64,
-                                                 save_dir=str(tmp_path / "c1"), progress=False))
+    run = train_finegrained_rm(FineGrainedConfig(category="C1", model_name_or_path="tiny-random-llama", limit=6, num_epochs=3,
+                                                 max_length=64, save_dir=str(tmp_path / "c1"), progress=False))
     figures = run.status()["figures"]
     assert 0 <= figures["accuracy"] <= 1 and 0 <= figures["majority_accuracy"] <= 1 and figures["n"] > 0
     found = {(m["kind"], m["category"]) for m in list_reward_models(tmp_path)}

@@ -23,7 +23,9 @@ What it leaves out: corpus-level perplexity (we average per response), chat temp
 
 from __future__ import annotations
 
-import math
+import torch
+
+from core.logprobs import completion_logprobs
 
 
 def _encode_pairs(tokenizer, prompts, responses):
@@ -44,10 +46,6 @@ def perplexity(model, tokenizer, prompts: list[str], responses: list[str], batch
 
     An empty response has no tokens and gets NaN.
     """
-    import torch
-
-    from core.logprobs import completion_logprobs
-
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
     device = next(model.parameters()).device
@@ -85,8 +83,3 @@ def distinct_n(texts: list[str], n: int) -> float:
         total += len(grams)
     return len(seen) / total if total else 0.0
 
-
-def mean_finite(values) -> float:
-    """Mean of the finite entries (skips the NaN of empty responses); NaN if none."""
-    vals = [float(v) for v in values if math.isfinite(float(v))]
-    return sum(vals) / len(vals) if vals else float("nan")

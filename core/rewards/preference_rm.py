@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from core.packing import decoder_hidden_states
+
 Text = str | list  # plain text or chat messages [{role, content}, ...]
 
 
@@ -111,8 +113,6 @@ def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     the mask make a left-padded row compute exactly what the same row unpadded computes
     (Llama's default positions would start counting at the padding). Read only attended positions.
     """
-    from core.packing import decoder_hidden_states
-
     backbone, _ = backbone_and_head(model)
     return decoder_hidden_states(backbone, input_ids, attention_mask)
 

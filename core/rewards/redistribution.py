@@ -39,9 +39,8 @@ from __future__ import annotations
 
 import torch
 
+from core.rewards.align import Span, char_to_token_index
 from core.rewards.preference_rm import PreferenceReward, encode, format_pair, score_all_positions, sequence_scores
-
-Span = tuple[int, int]
 
 
 def redistribute(prefix_scores: torch.Tensor, response_mask: torch.Tensor, attention_mask: torch.Tensor,
@@ -141,8 +140,6 @@ def map_to_tokens(rewards: list[float], rm_spans: list[Span], target_spans: list
     position, or the first non-empty one. If the target has no non-empty token
     (empty response) everything is dropped. Returns one value per target token.
     """
-    from core.rewards.align import char_to_token_index
-
     out = [0.0] * len(target_spans)
     nonempty = [k for k, (s, e) in enumerate(target_spans) if e > s]
     if not nonempty:

@@ -37,6 +37,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+import pysbd
+
 MIN_SUBSENT_WORDS = 5
 """Minimum words in a sub-sentence (FineGrainedRLHF ``MIN_SUBSENT_WORDS``)."""
 _SUBSENT_END = re.compile(r"[,;!?]")
@@ -47,8 +49,6 @@ Span = tuple[int, int]
 
 @lru_cache(maxsize=1)
 def _segmenter():
-    import pysbd
-
     return pysbd.Segmenter(language="en", clean=False, char_span=True)
 
 

@@ -42,7 +42,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.models import load_reward_model, load_tokenizer
 from core.paths import cache_dir
+from core.runstore import _jsonable
 
 META_FILE = "workbench_reward.json"
 KINDS = ("preference", "finegrained", "toxicity")
@@ -82,8 +84,6 @@ def save_reward_model(model, tokenizer, meta: dict[str, Any], folder: str | Path
     Returns the folder. On failure nothing is left at a new folder, and an existing
     one keeps its previous contents.
     """
-    from core.runstore import _jsonable
-
     meta = _check_meta(meta)
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -153,25 +153,20 @@ def load_reward_component(folder: str | Path, device=None, redistribute: bool = 
     folder = Path(folder)
     meta = read_meta(folder)
     kind = meta.get("kind")
-    if kind == "preference":
-        from core.models import load_reward_model, load_tokenizer
+    if kind not in ("preference", "finegrained"):
+        raise RewardModelError(
+            f"{folder}: reward models of kind {kind!r} are not loaded here "
+            f"(toxicity scorers are loaded by core.rewards.toxicity; known kinds: preference, finegrained)"
+        )
+    if redistribute and kind != "preference":
+        raise RewardModelError(f"{folder}: redistribution applies to holistic (preference) models, not {kind}")
+    # imported here, not at the top: listing and reading saved models stays free of torch
+    from core.rewards.finegrained import FineGrainedReward, load_token_classifier
+    from core.rewards.preference_rm import PreferenceReward
+    from core.rewards.redistribution import RedistributedReward
 
-        model = load_reward_model(str(folder), device=device)
-        tok = load_tokenizer(str(folder))
-        if redistribute:
-            from core.rewards.redistribution import RedistributedReward
-
-            return RedistributedReward(model, tok, meta, **kwargs)
-        from core.rewards.preference_rm import PreferenceReward
-
-        return PreferenceReward(model, tok, meta, **kwargs)
+    tokenizer = load_tokenizer(str(folder))
     if kind == "finegrained":
-        if redistribute:
-            raise RewardModelError(f"{folder}: redistribution applies to holistic (preference) models, not {kind}")
-        from core.rewards.finegrained import FineGrainedReward
-
-        return FineGrainedReward.from_folder(folder, device=device, **kwargs)
-    raise RewardModelError(
-        f"{folder}: reward models of kind {kind!r} are not loaded here "
-        f"(toxicity scorers are loaded by core.rewards.toxicity; known kinds: preference, finegrained)"
-    )
+        return FineGrainedReward(load_token_classifier(str(folder), device), tokenizer, meta, **kwargs)
+    component = RedistributedReward if redistribute else PreferenceReward
+    return component(load_reward_model(str(folder), device=device), tokenizer, meta, **kwargs)

