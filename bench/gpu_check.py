@@ -147,14 +147,6 @@ def peak_tflops(device_name: str, override: float | None) -> float | None:
 # ----------------------------------------------------------------------------- the trainers
 
 
-def _make(cls, **fields):
-    """``cls(**fields)``, accepting either spelling of the fields configs name in two ways."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    other = {"model": "model_name_or_path", "model_name_or_path": "model", "checkpoint_every": "save_every",
-             "save_every": "checkpoint_every", "epochs": "num_epochs", "num_epochs": "epochs"}
-    return cls(**{(k if k in names else other.get(k, k)): v for k, v in fields.items()})
-
-
 def trainer_configs(model: Path, pairs: Path, prompts: Path, s: Sizes, cpu: bool) -> dict:
     """name -> (train function, config): full fine-tunes, evaluation and samples kept to the minimum."""
     from core.trainers.dpo import DPOConfig, train_dpo
@@ -170,16 +162,16 @@ def trainer_configs(model: Path, pairs: Path, prompts: Path, s: Sizes, cpu: bool
                   lora=False, learning_rate=1e-5, cpu=cpu)
     rm_pairs = s.rm_batch * s.steps + s.eval_size
     return {
-        "sft": (train_sft, _make(SFTConfig, **common, sample_max_new_tokens=0, eval_batch_size=s.batch)),
-        "reward": (train_reward_model, _make(
-            RewardConfig, model=str(model), dataset=str(pairs), limit=rm_pairs, eval_fraction=s.eval_size / rm_pairs,
-            max_length=s.max_length, freeze_backbone=False, use_lora=False, epochs=1, batch_size=s.rm_batch,
-            learning_rate=1e-5, feature_batch_size=s.rm_batch, eval_every=10 ** 6, checkpoint_every=0,
+        "sft": (train_sft, SFTConfig(**common, sample_max_new_tokens=0, eval_batch_size=s.batch)),
+        "reward": (train_reward_model, RewardConfig(
+            model_name_or_path=str(model), dataset=str(pairs), limit=rm_pairs, eval_fraction=s.eval_size / rm_pairs,
+            max_length=s.max_length, freeze_backbone=False, use_lora=False, num_epochs=1, batch_size=s.rm_batch,
+            learning_rate=1e-5, feature_batch_size=s.rm_batch, eval_every=10 ** 6, save_every=0,
             save_model=False, cpu=cpu, progress=False)),
-        "dpo": (train_dpo, _make(DPOConfig, **common, eval_batch_size=s.batch)),
-        "simpo": (train_simpo, _make(SimPOConfig, **common, eval_batch_size=s.batch)),
-        "ppo": (train_ppo, _make(
-            PPOConfig, model_name_or_path=str(model), prompts=str(prompts), num_prompts=s.ppo_batch * s.steps,
+        "dpo": (train_dpo, DPOConfig(**common, eval_batch_size=s.batch)),
+        "simpo": (train_simpo, SimPOConfig(**common, eval_batch_size=s.batch)),
+        "ppo": (train_ppo, PPOConfig(
+            model_name_or_path=str(model), prompts=str(prompts), num_prompts=s.ppo_batch * s.steps,
             eval_prompts=0, rewards="toxicity", batch_size=s.ppo_batch, minibatch_size=s.ppo_minibatch, ppo_epochs=1,
             num_iterations=s.steps, max_new_tokens=s.new_tokens, min_new_tokens=s.new_tokens,
             max_prompt_tokens=s.max_length // 4, samples_per_log=s.ppo_batch, eval_every=0, save_every=0,
