@@ -143,6 +143,18 @@ def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     return head(last_hidden).squeeze(-1)
 
 
+class SequenceScorer(torch.nn.Module):
+    """``sequence_scores`` of a reward model as one module: what a trainer hands to DDP, so that the whole
+    scoring pass is the wrapped forward (DDP synchronises gradients only of a forward pass through it)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return sequence_scores(self.model, input_ids, attention_mask)
+
+
 @torch.no_grad()
 def score_texts(model, tokenizer, texts: list[str], max_length: int = 1024, batch_size: int = 8) -> list[float]:
     """Raw holistic scores of already formatted texts, in batches (no gradient)."""

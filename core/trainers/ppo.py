@@ -481,7 +481,8 @@ def train_ppo(config: PPOConfig, on_log=None, *, extra_rewards: dict | None = No
                                      ("vf_clipfrac", vf_stats["clipfrac"]), ("ratio", pg_stats["ratio_mean"]),
                                      ("value", vf_stats["value_mean"])):
                             stats[k].append(float(v.detach()))
-                    if config.kl_stop is not None and stats["approxkl"][-1] > config.kl_stop:
+                    # decided on the mean over processes, so that under DDP they all stop together
+                    if config.kl_stop is not None and accelerator.reduce(pg_stats["approxkl"].detach(), "mean") > config.kl_stop:
                         early_stopped = True
                         break
                 if early_stopped:
@@ -489,7 +490,8 @@ def train_ppo(config: PPOConfig, on_log=None, *, extra_rewards: dict | None = No
             model.eval()
             t_update = time.perf_counter() - t0
             kl_per_sequence = per_token_kl.sum(-1)  # (B,)
-            kl_ctl.update(kl_per_sequence.mean(), n_steps=len(rollout) * accelerator.num_processes)
+            # beta follows the KL of the global batch: every process makes the same update (and saves the same beta)
+            kl_ctl.update(accelerator.reduce(kl_per_sequence.mean(), "mean"), n_steps=len(rollout) * accelerator.num_processes)
 
             # ---- 6. log: TRL names (core/metrics.py) and per-token samples for the app's heatmaps
             if main:

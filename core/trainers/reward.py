@@ -20,6 +20,10 @@ Phases of ``train_reward_model``:
     6. save      normalisation (mean/std of training scores) + the model folder via
                  ``core.rewards.store`` so PPO and the app can load it
 
+Under DDP (``accelerate launch``) the processes split every batch and the held-out
+set: N processes train the same model as one, with the same batches and the same
+metrics; only the main process writes the run and saves the model.
+
 Deviations from the papers: InstructGPT trains a 6B RM from the SFT model with all K
 responses of a prompt in one batch; here the default is a frozen 135M backbone with a
 linear head on cached features (minutes on a laptop CPU) and pairs are independent.
@@ -34,10 +38,12 @@ margins from preference strength, reward-model ensembles.
     python -m core.trainers.reward --help
     python -m core.trainers.reward --dataset hh-rlhf --limit 300
     python -m core.trainers.reward --dataset qa-feedback --category C3
+    accelerate launch -m core.trainers.reward --no-freeze-backbone --use-lora     # DDP
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -72,7 +78,7 @@ class RewardConfig:
     num_epochs: int = 20
     """passes over the training pairs (cheap with a frozen backbone; use 1-2 when fine-tuning)"""
     batch_size: int = 32
-    """pairs per optimizer step"""
+    """pairs per optimizer step (under DDP split across the processes)"""
     learning_rate: float = 1e-3
     """AdamW learning rate (1e-3 for a head on frozen features, ~1e-4 for LoRA, ~1e-5 for full fine-tuning)"""
     weight_decay: float = 1e-3
@@ -148,58 +154,74 @@ def _texts(tokenizer, records, separator):
 # ----------------------------------------------------------------------------- features and scores
 
 
-def _cache_features(model, tokenizer, texts: list[str], config, device, desc: str):
-    """(N, H) last-token hidden states of a frozen backbone, batched by length to save padding."""
+def _cache_features(model, tokenizer, texts: list[str], config, device, desc: str, accelerator=None):
+    """(N, H) last-token hidden states of a frozen backbone, batched by length to save padding.
+
+    Under DDP each process encodes every world-th text (in length order) and all of them get every feature.
+    """
     import torch
     from tqdm.auto import tqdm
 
     from core.rewards.preference_rm import encode, gather_last, hidden_states
 
-    unique = sorted(set(texts), key=len)  # QA-Feedback pairs reuse each answer up to 3 times
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    # QA-Feedback pairs reuse each answer up to 3 times; (length, text) is an order every process agrees on
+    unique = sorted(set(texts), key=lambda t: (len(t), t))[rank::world]
     feats: dict[str, torch.Tensor] = {}
     bs = config.feature_batch_size
     with torch.no_grad():
-        for i in tqdm(range(0, len(unique), bs), desc=desc, disable=not config.progress, leave=False):
+        for i in tqdm(range(0, len(unique), bs), desc=desc, disable=not config.progress or rank > 0, leave=False):
             batch = unique[i : i + bs]
             enc = encode(tokenizer, batch, config.max_length)
             mask = enc["attention_mask"].to(device)
             h = gather_last(hidden_states(model, enc["input_ids"].to(device), mask), mask)  # (b, H)
             feats.update(zip(batch, h.float().cpu()))
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        feats = dict(gather_object(list(feats.items())))
     return torch.stack([feats[t] for t in texts]) if texts else torch.zeros(0)
 
 
-def _pair_scores(model, tokenizer, chosen: list[str], rejected: list[str], config, device, feats=None, idx=None):
-    """(r_chosen, r_rejected, non-pad tokens): the head on cached features (0 tokens), or ONE forward pass
-    over chosen + rejected, padding-free when the backbone allows it (``core.packing``)."""
-    from core.rewards.preference_rm import backbone_and_head, encode, sequence_scores
+def _pair_scores(scorer, tokenizer, chosen: list[str], rejected: list[str], config, device, feats=None, idx=None):
+    """(r_chosen, r_rejected, non-pad tokens). scorer: the score head, applied to cached features (0 tokens),
+    or a ``SequenceScorer`` making ONE forward pass over chosen + rejected, padding-free when the backbone
+    allows it (``core.packing``); either may be wrapped for DDP."""
+    from core.rewards.preference_rm import encode
 
     if feats is not None:
-        _, head = backbone_and_head(model)
-        dtype = next(head.parameters()).dtype  # features are cached in fp32; the head may be bf16 on GPU
-        return head(feats[0][idx].to(device, dtype)).squeeze(-1), head(feats[1][idx].to(device, dtype)).squeeze(-1), 0
+        dtype = next(scorer.parameters()).dtype  # features are cached in fp32; the head may be bf16 on GPU
+        return scorer(feats[0][idx].to(device, dtype)).squeeze(-1), scorer(feats[1][idx].to(device, dtype)).squeeze(-1), 0
     b = len(chosen)
     enc = encode(tokenizer, chosen + rejected, config.max_length)  # (2b, T): chosen rows first
-    scores = sequence_scores(model, enc["input_ids"].to(device), enc["attention_mask"].to(device))
+    scores = scorer(enc["input_ids"].to(device), enc["attention_mask"].to(device))
     return scores[:b], scores[b:], int(enc["attention_mask"].sum())
 
 
-def _evaluate(model, tokenizer, chosen, rejected, config, device, feats=None) -> dict:
+def _evaluate(scorer, tokenizer, chosen, rejected, config, device, feats=None, accelerator=None) -> dict:
+    """Held-out loss, pairwise accuracy and margin; under DDP each process scores every world-th pair."""
     import torch
 
     from core.losses import bradley_terry_loss
 
     if not chosen:
         return {}
-    model.eval()
-    rc, rr = [], []
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    mine = list(range(rank, len(chosen), world))
+    scorer.eval()
+    rows = []
     with torch.no_grad():
         bs = config.feature_batch_size if feats is None else 4096
-        for i in range(0, len(chosen), bs):
-            idx = list(range(i, min(i + bs, len(chosen))))
-            c, r, _ = _pair_scores(model, tokenizer, chosen[i : i + bs], rejected[i : i + bs], config, device, feats, idx)
-            rc.append(c.float().cpu())
-            rr.append(r.float().cpu())
-    rc, rr = torch.cat(rc), torch.cat(rr)
+        for i in range(0, len(mine), bs):
+            idx = mine[i : i + bs]
+            c, r, _ = _pair_scores(scorer, tokenizer, [chosen[j] for j in idx], [rejected[j] for j in idx], config, device,
+                                   feats, idx)
+            rows += zip(idx, c.float().cpu().tolist(), r.float().cpu().tolist())
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        rows = sorted(gather_object(rows))
+    rc, rr = torch.tensor([row[1] for row in rows]), torch.tensor([row[2] for row in rows])
     return {
         "eval/loss": bradley_terry_loss(rc, rr).mean().item(),
         "eval/rm/accuracy": (rc > rr).float().mean().item(),
@@ -220,8 +242,9 @@ def batch_schedule(n: int, batch_size: int, epochs: int, seed: int) -> list[list
             for i in range(0, n, batch_size)]
 
 
-def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run:
-    """Train a Bradley-Terry reward model; returns its run (``run.status()["model_path"]`` is the saved folder)."""
+def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run | None:
+    """Train a Bradley-Terry reward model; returns its run (``run.status()["model_path"]`` is the saved folder),
+    or None on the non-main processes of a DDP launch."""
     import torch
     from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
@@ -234,15 +257,21 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run
 
     config = resumed_config(config, keep=("num_epochs", "trackers", "cpu", "progress"))
     name = _default_name(config)
-    run = Run.open(config.resume_from) if config.resume_from else Run.create("reward", config, name=name)
-    with run_guard(run):
+    accelerator = make_accelerator(cpu=config.cpu, log_with=available_trackers(config.trackers) or None)
+    main = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
+    # only the main process writes the run; every process reads a resumed run's checkpoint and cached features
+    resumed = Run.open(config.resume_from) if config.resume_from else None
+    run = (resumed or Run.create("reward", config, name=name)) if main else None
+    with run_guard(run) if main else contextlib.nullcontext():
         seed_everything(config.seed)
-        accelerator = make_accelerator(cpu=config.cpu, log_with=available_trackers(config.trackers) or None, project_dir=str(run.path))
+        if run is not None:
+            accelerator.project_configuration.set_directories(str(run.path))  # trackers write into the run folder
         if config.trackers:
             accelerator.init_trackers(name)
         t_start = time.time()
         device = accelerator.device
-        log = Logger(run, on_log, accelerator)
+        log = Logger(run, on_log if main else None, accelerator)
 
         # 1. data --------------------------------------------------------------------------
         records, separator = _load_pairs(config)
@@ -270,84 +299,108 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run
         train_feats = eval_feats = None
         if config.freeze_backbone:
             t0 = time.time()
-            cache = run.path / "features.safetensors"
-            if cache.is_file():
+            folder = run.path if run is not None else resumed.path if resumed is not None else None
+            cache = folder / "features.safetensors" if folder is not None else None
+            if cache is not None and cache.is_file():
                 f = load_file(str(cache))
                 train_feats, eval_feats = (f["train_c"], f["train_r"]), (f["eval_c"], f["eval_r"])
             else:
                 model.eval()
-                both = _cache_features(model, tokenizer, train_c + train_r + eval_c + eval_r, config, device, "features")
+                both = _cache_features(model, tokenizer, train_c + train_r + eval_c + eval_r, config, device, "features",
+                                       accelerator)
                 n, m = len(train_c), len(eval_c)
                 train_feats = (both[:n], both[n : 2 * n])
                 eval_feats = (both[2 * n : 2 * n + m], both[2 * n + m :])
-                save_file({"train_c": train_feats[0].contiguous(), "train_r": train_feats[1].contiguous(),
-                           "eval_c": eval_feats[0].contiguous(), "eval_r": eval_feats[1].contiguous()}, str(cache))
+                if run is not None:
+                    save_file({"train_c": train_feats[0].contiguous(), "train_r": train_feats[1].contiguous(),
+                               "eval_c": eval_feats[0].contiguous(), "eval_r": eval_feats[1].contiguous()}, str(cache))
             log(0, {"time/features_s": time.time() - t0})
 
+        # the module that scores a batch, wrapped for DDP (whose gradient all-reduce hooks on its forward pass):
+        # the score head alone on cached features, else the reward model's forward as one module
+        from core.rewards.preference_rm import SequenceScorer, backbone_and_head
+
+        scorer = backbone_and_head(model)[1] if config.freeze_backbone else SequenceScorer(model)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = adamw(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-        model, optimizer = accelerator.prepare(model, optimizer)
+        trained, optimizer = accelerator.prepare(scorer, optimizer)
 
         # the whole schedule of batches is fixed by the seed, so a resumed run sees the same batches
         steps_per_epoch = math.ceil(len(train) / config.batch_size)
         total_steps = steps_per_epoch * config.num_epochs
         schedule = batch_schedule(len(train), config.batch_size, config.num_epochs, config.seed)
         start = 0
-        latest = run.latest_checkpoint()
-        if config.resume_from and latest is not None:
+        latest = resumed.latest_checkpoint() if resumed is not None else None
+        if latest is not None:
             start, ckpt = latest
-            load_trainable_state_dict(accelerator.unwrap_model(model), ckpt)
+            load_trainable_state_dict(model, ckpt)
             load_optimizer_tensors(optimizer, ckpt)
             import json
 
             set_rng_state(json.loads((ckpt / "trainer_state.json").read_text())["rng"])
-            run.truncate_after(start)
+            if run is not None:
+                run.truncate_after(start)
 
         # 4. train --------------------------------------------------------------------------
         bar = tqdm(total=total_steps, initial=start, desc=f"reward model ({trainable:,}/{total:,} params trained)",
-                   disable=not config.progress)
+                   disable=not config.progress or not main)
         for step in range(start + 1, total_steps + 1):
             t0 = time.time()
-            model.train()
+            trained.train()
             idx = schedule[step - 1]
+            # each process takes every world-th pair of the batch; one left without a pair (a short last batch)
+            # scores one with weight 0, so that every process joins the gradient all-reduce
+            mine = idx[rank::world] or idx[:1]
+            weight = world / len(idx) if rank < len(idx) else 0.0
             chosen_rewards, rejected_rewards, non_pad = _pair_scores(
-                model, tokenizer, [train_c[i] for i in idx], [train_r[i] for i in idx], config, device, train_feats, idx)
+                trained, tokenizer, [train_c[i] for i in mine], [train_r[i] for i in mine], config, device, train_feats, mine)
             losses = bradley_terry_loss(chosen_rewards, rejected_rewards)  # (b,)
-            loss = losses.mean()
+            # DDP averages the processes' gradients: each contributes its sum / len(batch) * world, so the
+            # update is that of the batch mean, as in one process
+            loss = losses.sum() * weight
             check_finite(loss, step)
             accelerator.backward(loss)
             grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
+            # batch metrics over every process's pairs: sums, then one all-reduce
+            c, r = chosen_rewards.detach().float(), rejected_rewards.detach().float()
+            sums = torch.stack([losses.detach().float().sum(), (c > r).float().sum(), (c - r).sum(),
+                                torch.tensor(float(len(mine)), device=c.device), torch.tensor(float(non_pad), device=c.device)])
+            sums = accelerator.reduce(sums * (weight > 0), "sum").cpu()
             metrics = {
-                "loss": loss.item(),
-                "rm/accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
-                "rm/margin": (chosen_rewards - rejected_rewards).mean().item(),
+                "loss": float(sums[0] / sums[3]),
+                "rm/accuracy": float(sums[1] / sums[3]),
+                "rm/margin": float(sums[2] / sums[3]),
                 "lr": config.learning_rate,
                 "epoch": step / steps_per_epoch,
                 "grad_norm": float(grad_norm),
                 "time/step_s": time.time() - t0,
             }
             if train_feats is None:
-                metrics["tokens/non_pad"] = non_pad
+                metrics["tokens/non_pad"] = int(sums[4])
             # 5. evaluate ---------------------------------------------------------------------
             if step % config.eval_every == 0 or step == total_steps:
-                metrics.update(_evaluate(model, tokenizer, eval_c, eval_r, config, device, eval_feats))
+                metrics.update(_evaluate(accelerator.unwrap_model(trained), tokenizer, eval_c, eval_r, config, device,
+                                         eval_feats, accelerator))
             log(step, metrics)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics.get('eval/rm/accuracy', metrics['rm/accuracy']):.2f}")
-            if (config.save_every and step % config.save_every == 0) or step == total_steps:
-                run.save_checkpoint(step, trainable_state_dict(accelerator.unwrap_model(model)), optimizer,
-                                    state={"rng": rng_state()})
+            if run is not None and ((config.save_every and step % config.save_every == 0) or step == total_steps):
+                run.save_checkpoint(step, trainable_state_dict(model), optimizer, state={"rng": rng_state()})
         bar.close()
 
         # 6. save ---------------------------------------------------------------------------
-        final = _evaluate(model, tokenizer, eval_c, eval_r, config, device, eval_feats)
-        model = accelerator.unwrap_model(model).eval()
+        scorer = accelerator.unwrap_model(trained)
+        final = _evaluate(scorer, tokenizer, eval_c, eval_r, config, device, eval_feats, accelerator)
+        if run is None:  # a non-main DDP process: the main one saves
+            accelerator.end_training()
+            return None
+        model.eval()
         with torch.no_grad():
             if train_feats is not None:
-                raw = torch.cat(_pair_scores(model, tokenizer, [], [], config, device, train_feats, list(range(len(train))))[:2])
+                raw = torch.cat(_pair_scores(scorer, tokenizer, [], [], config, device, train_feats, list(range(len(train))))[:2])
             else:
                 from core.rewards.preference_rm import score_texts
 
@@ -383,6 +436,8 @@ def main() -> None:
 
     config = tyro.cli(RewardConfig)
     run = train_reward_model(config)
+    if run is None:  # a non-main DDP process
+        return
     st = run.status()
     f = st.get("figures", {})
     print(f"run {run.path}: held-out pairwise accuracy {f.get('eval_accuracy'):.3f} on {f.get('eval_pairs')} pairs "
