@@ -17,7 +17,7 @@ import time
 
 import streamlit as st
 
-from workbench import charts, components, scoring, state, training
+from workbench import charts, components, limits, scoring, state, training
 from workbench.jobs import registry
 
 PAGE = "pref"
@@ -66,8 +66,21 @@ def dataset_choice():
     return str(path), records
 
 
+def held_out_choice(dataset, records) -> int:
+    """Held-out pairs for the eval/ curves, sized to the data (about a fifth, at most 16) and bounded so some pairs train."""
+    if not records:
+        return 0
+    most = limits.preference_max_eval_size(records)
+    auto = limits.preference_eval_size(records)
+    if most == 0:
+        st.caption(f"{len(records)} pair(s) with one prompt: all of them train, none is held out (no eval/ curves).")
+        return 0
+    return int(st.number_input(f"Held-out pairs (eval/ curves; 0–{most} of {len(records)})", 0, most, auto,
+                               key=K(f"eval_size_{hashlib.sha256(str(dataset).encode()).hexdigest()[:8]}_{len(records)}")))
+
+
 def run_panel(model: str, dataset, records) -> None:
-    cols = st.columns(4)
+    cols = st.columns(5)
     algorithm = cols[0].radio("Algorithm", ["DPO", "SimPO"], key=K("algorithm"))
     beta = cols[1].slider("β", 0.01, 5.0, 0.1 if algorithm == "DPO" else 2.0, 0.01, key=K(f"beta_{algorithm}"))
     if algorithm == "DPO":
@@ -77,10 +90,15 @@ def run_panel(model: str, dataset, records) -> None:
         gamma_ratio = cols[2].slider("γ/β (target margin ratio)", 0.0, 2.0, 0.5, 0.05, key=K("gamma_ratio"))
         smoothing = 0.0
     steps = cols[3].number_input("Steps", 1, 200, 10, key=K("steps"))
+    with cols[4]:
+        eval_size = held_out_choice(dataset, records)
+    problem = limits.preference_problem(records, eval_size) if dataset is not None else None
+    if problem:
+        st.warning(problem)
     busy = registry().running()
-    if st.button(f"Run short {algorithm}", key=K("start"), type="primary", disabled=busy is not None or dataset is None):
+    if st.button(f"Run short {algorithm}", key=K("start"), type="primary", disabled=busy is not None or dataset is None or bool(problem)):
         train_fn, config = training.preference(algorithm, model, dataset, beta, smoothing, gamma_ratio, int(steps),
-                                               cpu=state.current_device() == "cpu")
+                                               eval_size=eval_size, cpu=state.current_device() == "cpu")
         components.start_job(algorithm.lower(), train_fn, config, f"{algorithm} β={beta:g}", K("jobs"))
     if busy is not None:
         st.caption(f"A training is running ('{busy.label}'); the button comes back when it ends.")
@@ -128,7 +146,12 @@ def scatter_panel(model: str, records) -> None:
 
     _, held_out = split(list(records), 0.5, seed=0)
     held_out = held_out or list(records)
-    n = st.slider("Held-out pairs", 1, min(32, len(held_out)), min(8, len(held_out)), key=K(f"n_pairs_{len(held_out)}"))
+    most = min(32, len(held_out))
+    if most > 1:
+        n = st.slider("Held-out pairs", 1, most, min(8, most), key=K(f"n_pairs_{len(held_out)}"))
+    else:
+        n = 1
+        st.caption("One pair to score (the data set has too few pairs to hold more out).")
     beta = st.session_state.get(K("beta_DPO"), 0.1)
     if st.button("Compute implicit rewards", key=K("scatter_btn")):
         bar = st.progress(0.0, text="Scoring held-out responses…")
