@@ -141,7 +141,7 @@ def compare_panel() -> None:
     st.subheader("Before / after")
     finished = [p for p in picked if (Path(p) / "samples.jsonl").is_file()]
     if finished:
-        which = st.selectbox("Run", finished, key=K("ba_run"), format_func=lambda p: Path(p).name)
+        which = st.selectbox("Run", finished, key=K("ba_run"), format_func=components.label_for_path)
         before_after(which)
 
 

@@ -28,7 +28,7 @@ PRESET = [
 
 def rollout_browser(run_paths: list[str]) -> None:
     st.subheader("Rollout browser")
-    run_path = st.selectbox("Run", run_paths, key=K("browse_run"), format_func=lambda p: Path(p).name)
+    run_path = st.selectbox("Run", run_paths, key=K("browse_run"), format_func=components.label_for_path)
     run = components.open_run(run_path)
     if run is None:
         return
@@ -71,13 +71,15 @@ def main() -> None:
     st.title("Training curves")
     runs = components.all_runs()
     paths = [str(r.path) for r in runs]
+    kept = [p for p in st.session_state.get(K("runs"), []) if p not in paths and (Path(p) / "config.json").is_file()]
+    paths += kept  # a picked run that failed (hidden from the picker) stays picked
     gone = [p for p in st.session_state.get(K("runs"), []) if p not in paths]
     if gone:  # deleted or moved while being viewed: say so, keep the rest
         st.warning(f"Run folder(s) {', '.join(Path(p).name for p in gone)} disappeared (deleted or moved); they are no longer shown.")
         st.session_state[K("runs")] = [p for p in st.session_state[K("runs")] if p in paths]
-    if not runs:
+    if not paths:
         st.info("No runs yet. Start one in the Reward-weight lab or Preference optimisation pages, or with "
-                "`python -m core.trainers.ppo --help`.")
+                "`python -m core.trainers.ppo --help`." + components.hidden_note())
         return
     default = [st.session_state["frame_run"]] if st.session_state.get("frame_run") in paths else paths[:1]
     picked = st.multiselect("Runs (several share the axes)", paths, default=default, key=K("runs"), format_func=components.label_for_path)

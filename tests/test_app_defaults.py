@@ -128,3 +128,97 @@ def test_preference_page_small_uploads_train(n):
     _clean(at)
     at.button(key="pref_scatter_btn").click().run()  # the scatter has at most one held-out pair to score
     _clean(at)
+
+
+# ----------------------------------------------------------------------------- 2. failed and empty runs
+
+
+def _run(kind: str, config: dict, name: str, status: str = "finished", steps: int = 3, scale: float = 1.0):
+    from core.runstore import Run
+
+    run = Run.create(kind, config, name=name)
+    for step in range(steps):
+        run.log_metrics(step, {"rewards/margins": scale * step, "rewards/accuracies": 0.5, "loss": 0.69 - 0.01 * step})
+    run.set_status(status, error="boom" if status == "failed" else None)
+    time.sleep(1.05)  # folder names carry the second they were made: keep the order of creation
+    return run
+
+
+def test_failed_and_empty_runs_are_hidden_unless_asked_for():
+    good = _run("dpo", {"beta": 0.1}, "DPO-b-0.1-0123abcd")
+    empty = _run("dpo", {"beta": 0.2}, "DPO-b-0.2-1123abcd", steps=0)
+    failed = _run("dpo", {"beta": 0.3}, "DPO-b-0.3-2123abcd", status="failed")  # the newest
+    at = _open("preference")
+    _clean(at)
+    compare = at.multiselect(key="pref_compare")
+    assert compare.options == [components_label(good)] and compare.value == [str(good.path)]
+    sidebar = at.sidebar.selectbox(key="frame_run")
+    assert sidebar.value == str(good.path) and len(sidebar.options) == 1
+    at.sidebar.checkbox(key="frame_show_hidden").check().run()
+    assert len(at.multiselect(key="pref_compare").options) == 3
+    assert at.multiselect(key="pref_compare").value == [str(good.path)]  # the default never moves to a failed run
+    assert len(at.sidebar.selectbox(key="frame_run").options) == 3
+    assert any(o.endswith("failed") for o in at.sidebar.selectbox(key="frame_run").options), (empty, failed)
+    at.sidebar.checkbox(key="frame_show_hidden").uncheck().run()
+    at.switch_page(PAGES["training_curves"]).run()
+    _clean(at)
+    assert at.multiselect(key="curves_runs").value == [str(good.path)]
+
+
+def components_label(run) -> str:
+    from workbench.components import run_label
+
+    return run_label(run)
+
+
+def test_sidebar_shows_a_run_that_appears_after_the_page_opened():
+    at = _open("home")
+    assert at.sidebar.selectbox(key="frame_run").value is None
+    run = _run("ppo", {"weights": "toxicity=1", "kl_coef": 0.05}, "lab-toxicity=1-=0.05-e7de7992")
+    at.run()
+    assert at.session_state["frame_run"] == str(run.path)
+    assert at.sidebar.selectbox(key="frame_run").value == str(run.path)
+    assert any("finished" in c.value for c in at.sidebar.caption)
+
+
+# ----------------------------------------------------------------------------- 3. charts a newcomer can read
+
+
+def test_run_labels_are_readable():
+    from workbench.components import run_label
+
+    lab = _run("ppo", {"weights": "toxicity=1,toxicity_sentence=0.5", "kl_coef": 0.05}, "lab-toxicity=1-=0.05-e7de7992", steps=1)
+    label = run_label(lab)
+    assert label.startswith("PPO toxicity×1 toxicity_sentence×0.5 β=0.05 · ") and label.endswith(" · finished"), label
+    assert "-0.05" not in label and "e7de7992" not in label and lab.path.name not in label
+    named = _run("dpo", {"beta": 0.1, "label_smoothing": 0.1, "loss_type": "dpo"}, "baseline-0123abcd", steps=1)
+    assert run_label(named, status=False).startswith("baseline (DPO β=0.1 ε=0.1) · ")
+    simpo = _run("simpo", {"beta": 2.0, "gamma_beta_ratio": 0.5}, "SimPO-b-2-0123abcd", steps=1)
+    assert run_label(simpo).startswith("SimPO β=2 γ/β=0.5 · ")
+
+
+def test_one_colour_per_run_on_every_chart_and_separate_axes_for_dpo_and_simpo():
+    dpo = _run("dpo", {"beta": 0.1}, "DPO-0123abcd", scale=0.01)
+    simpo = _run("simpo", {"beta": 2.0, "gamma_beta_ratio": 0.5}, "SimPO-0123abcd", scale=2.0)
+    at = _open("preference")
+    at.multiselect(key="pref_compare").set_value([str(dpo.path), str(simpo.path)]).run()
+    _clean(at)
+    figs = [json.loads(c.proto.spec) for c in at.get("plotly_chart") if "cmp" in c.proto.id]
+    assert len(figs) == 3  # margins, accuracies, loss
+    colours = [{t["name"]: t["line"]["color"] for t in f["data"]} for f in figs]
+    assert all(c == colours[0] for c in colours) and len(set(colours[0].values())) == 2
+    margins = next(f for f in figs if f["layout"]["title"]["text"] == "rewards/margins")
+    assert {t.get("yaxis", "y") for t in margins["data"]} == {"y", "y2"}  # 0.01 vs 2: an axis each
+    accuracies = next(f for f in figs if f["layout"]["title"]["text"] == "rewards/accuracies")
+    assert {t.get("yaxis", "y") for t in accuracies["data"]} == {"y"}  # same scale: one axis
+    assert any("DPO β=0.1" in m.value and "SimPO β=2" in m.value for m in at.markdown)  # one colour key above the charts
+
+
+def test_curves_legend_sits_above_the_plot():
+    from workbench import charts
+
+    fig = charts.curves({"a": [(0, 1.0), (1, 2.0)], "b": [(0, 1.5), (1, 2.5)]}, "objective/kl", names={"a": "run A", "b": "run B"})
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y > 1 and fig.layout.legend.yanchor == "bottom"
+    assert fig.layout.margin.t >= 36 + 2 * 22  # room for the legend between the title and the plot
+    heat = charts.token_heatmap(["a", "b"], {"x": [1.0, 2.0]}, per_row_scale=True)
+    assert heat.data[0].colorbar.title.side == "right"

@@ -61,12 +61,16 @@ def sidebar() -> None:
     runs = components.all_runs()
     paths = [str(r.path) for r in runs]
     labels = {str(r.path): components.run_label(r) for r in runs}
-    if st.session_state.get("frame_run") not in paths:
+    if not paths:
         st.session_state.pop("frame_run", None)
+    elif st.session_state.get("frame_run") not in paths:
+        st.session_state["frame_run"] = paths[0]  # set, not just defaulted: the browser then shows it too
     sb.selectbox(
         "Run", paths, key="frame_run", index=0 if paths else None, format_func=lambda p: labels.get(p, p),
         placeholder="no runs yet", help="Runs in the run store (RLHF_WORKBENCH_RUNS); the curves page shows this one first.",
     )
+    sb.checkbox("show failed/empty runs", key=components.SHOW_HIDDEN_KEY,
+                help="Failed runs and runs that logged no metric are left out of every run picker unless this is ticked.")
     picked = st.session_state.get("frame_run")
     if picked:
         run = components.open_run(picked)

@@ -10,11 +10,19 @@ What it leaves out: reading runs and models (pages and ``workbench.components`` 
 
 from __future__ import annotations
 
+import html
 import math
 
 import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from workbench.limits import TOKEN_LABELS_UP_TO
 
 _HEIGHT_PER_ROW = 34
+PALETTE = list(qualitative.Plotly) + list(qualitative.Dark2)
+"""run colours: a run keeps its colour on every chart (``workbench.components.run_colours``)"""
+SCALE_RATIO = 5.0
+"""two groups of runs (e.g. DPO and SimPO) whose values differ more than this in size get an axis each"""
 
 
 def _finite(v) -> float | None:
@@ -51,44 +59,97 @@ def token_heatmap(tokens: list[str], rows: dict[str, list[float]], title: str = 
         for row in values:
             m = max((abs(v) for v in row if v is not None), default=0.0) or 1.0
             z.append([None if v is None else v / m for v in row])
-        bound, colorbar = 1.0, {"thickness": 12, "title": {"text": "÷ row max"}}
+        bound, colorbar = 1.0, {"thickness": 12, "len": 1.0, "title": {"text": "÷ row max", "side": "right"}}
     else:
         z = values
         flat = [abs(v) for r in z for v in r if v is not None]
         bound = max(flat) if flat and max(flat) > 0 else 1.0
-        colorbar = {"thickness": 12}
+        colorbar = {"thickness": 12, "len": 1.0}
     fig = go.Figure(
         go.Heatmap(
             z=z, x=list(range(T)), y=names, customdata=custom, colorscale="RdBu", zmid=0.0,
-            zmin=-bound, zmax=bound, xgap=1, ygap=1, colorbar=colorbar,
+            zmin=-bound, zmax=bound, xgap=1 if T <= TOKEN_LABELS_UP_TO else 0, ygap=1, colorbar=colorbar,
             hovertemplate="<b>%{y}</b><br>token %{x}: '%{customdata[0]}'<br>value %{customdata[1]}<extra></extra>",
         )
     )
-    fig.update_xaxes(tickmode="array", tickvals=list(range(T)), ticktext=labels, tickangle=-60, tickfont={"size": 10})
+    if T <= TOKEN_LABELS_UP_TO:
+        fig.update_xaxes(tickmode="array", tickvals=list(range(T)), ticktext=labels, tickangle=-60, tickfont={"size": 10})
+        bottom = 80
+    else:  # a label per token would be unreadable (and slow to lay out): token indices; the text is on hover
+        fig.update_xaxes(title_text="token index (hover for the token)", tickfont={"size": 10})
+        bottom = 40
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(
         title=title or None, height=120 + _HEIGHT_PER_ROW * max(len(names), 1),
-        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 80},
+        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": bottom},
     )
     return fig
 
 
-def curves(series: dict[str, list[tuple[float, float]]], metric: str, height: int = 300) -> go.Figure:
-    """Several runs of one metric on the same axes: label -> [(step, value), ...]."""
+def coloured_text_html(tokens: list[str], values: list[float]) -> str:
+    """The response as text, each token's background coloured by its value (red < 0 < blue), the value on hover.
+
+    Readable for responses far too long for a heatmap row; colours are scaled by the max |value|.
+    """
+    vals = [_finite(v) for v in values] + [None] * max(0, len(tokens) - len(values))
+    bound = max((abs(v) for v in vals if v is not None), default=0.0) or 1.0
+    out = []
+    for tok, v in zip(tokens, vals):
+        text = html.escape(str(tok))
+        if v is None or v == 0.0:
+            out.append(text)
+            continue
+        alpha = min(abs(v) / bound, 1.0) * 0.75 + 0.1
+        rgb = "33,102,172" if v > 0 else "178,24,43"
+        out.append(f'<span style="background:rgba({rgb},{alpha:.2f})" title="{v:.5g}">{text}</span>')
+    return '<div style="line-height:1.7;white-space:pre-wrap">' + "".join(out) + "</div>"
+
+
+def _size(points: list[tuple[float, float]]) -> float:
+    return max((abs(v) for _, v in points), default=0.0)
+
+
+def curves(series: dict[str, list[tuple[float, float]]], metric: str, height: int = 300, *, names: dict | None = None,
+           colours: dict | None = None, groups: dict | None = None, legend: bool = True) -> go.Figure:
+    """Several runs of one metric: key -> [(step, value), ...], one line per key.
+
+    names: key -> legend label (default: the key); colours: key -> colour (keep a run's colour
+    the same on every chart); groups: key -> group name (e.g. "DPO", "SimPO"): when there are
+    two groups whose values differ in size by more than SCALE_RATIO, the second gets its own
+    y axis on the right, so neither is drawn as a flat line. The legend sits above the plot,
+    horizontal, clear of the axis titles.
+    """
+    names, colours, groups = names or {}, colours or {}, groups or {}
+    clean = {k: [(s, _finite(v)) for s, v in pts if _finite(v) is not None] for k, pts in series.items()}
+    clean = {k: pts for k, pts in clean.items() if pts}
+    order = list(dict.fromkeys(groups.get(k, "") for k in clean))
+    right = None
+    if len(order) == 2:
+        sizes = [max((_size(p) for k, p in clean.items() if groups.get(k, "") == g), default=0.0) for g in order]
+        small, large = min(sizes), max(sizes)
+        if large > 0 and (small == 0 or large / small > SCALE_RATIO):
+            right = order[1]
     fig = go.Figure()
     steps = set()
-    for label, points in series.items():
-        pts = [(s, _finite(v)) for s, v in points if _finite(v) is not None]
-        if not pts:
-            continue
+    for key, pts in clean.items():
         steps.update(p[0] for p in pts)
-        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=label))
+        on_right = right is not None and groups.get(key, "") == right
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=names.get(key, key),
+                                 line={"color": colours[key]} if key in colours else None,
+                                 marker={"color": colours[key]} if key in colours else None,
+                                 yaxis="y2" if on_right else "y", legendgroup=key))
     if len(steps) <= 12:
         fig.update_xaxes(dtick=1)  # few steps: integer ticks only
+    shown = legend and len(clean) > 1
+    top = 36 + (22 * len(clean) if shown else 0)  # room for one legend row per run between the title and the plot
     fig.update_layout(
-        title=metric, height=height, margin={"l": 10, "r": 10, "t": 36, "b": 10},
-        xaxis_title="step", legend={"orientation": "h", "y": -0.25}, showlegend=len(series) > 1,
+        title={"text": metric, "x": 0.0, "xanchor": "left", "yref": "container", "y": 1.0, "yanchor": "top", "pad": {"t": 10}},
+        height=height + (top - 36), margin={"l": 10, "r": 10, "t": top, "b": 10}, xaxis_title="step", showlegend=shown,
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0.0},
     )
+    if right is not None:
+        fig.update_layout(yaxis={"title": {"text": f"{order[0]} (left)"}},
+                          yaxis2={"title": {"text": f"{right} (right)"}, "overlaying": "y", "side": "right", "showgrid": False})
     return fig
 
 

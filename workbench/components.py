@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import html
 import logging
+import re
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -55,13 +57,63 @@ def friendly(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------- runs
 
 
-def run_label(run) -> str:
+SHOW_HIDDEN_KEY = "frame_show_hidden"
+"""session key of the sidebar's "show failed/empty runs" checkbox, read by every run picker"""
+
+_KIND_NAMES = {"ppo": "PPO", "dpo": "DPO", "simpo": "SimPO", "sft": "SFT", "reward": "RM", "rm": "RM"}
+_AUTO_NAME = re.compile(r"^(lab|ppo|dpo|simpo|sft|reward|rm)([-=_ ].*)?$", re.IGNORECASE)
+
+
+def _num(v) -> str:
+    """A setting as text: 0.05 -> '0.05', 2.0 -> '2' (never a sign the value does not have)."""
+    return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def run_settings(kind: str, config: dict) -> str:
+    """The settings a run is told apart by: β and weights (PPO), β and ε or γ/β (DPO, SimPO)."""
+    parts = []
+    if kind == "ppo":
+        weights = str(config.get("weights") or "").replace(",", " ").replace("=", "×").strip()
+        parts.append(weights or str(config.get("rewards") or ""))
+        if "kl_coef" in config:
+            parts.append(f"β={_num(config['kl_coef'])}")
+    elif kind in ("dpo", "simpo"):
+        if config.get("loss_type") not in (None, "dpo"):
+            parts.append(str(config["loss_type"]).upper())
+        if "beta" in config:
+            parts.append(f"β={_num(config['beta'])}")
+        if kind == "dpo" and config.get("label_smoothing"):
+            parts.append(f"ε={_num(config['label_smoothing'])}")
+        if kind == "simpo" and "gamma_beta_ratio" in config:
+            parts.append(f"γ/β={_num(config['gamma_beta_ratio'])}")
+    return " ".join(p for p in parts if p)
+
+
+def run_name(meta: dict) -> str:
+    """The name a user gave the run, or '' for names the app or a trainer made up (settings and a job id)."""
+    name = re.sub(r"-[0-9a-f]{8}$", "", str(meta.get("name") or ""))
+    return "" if not name or _AUTO_NAME.match(name) else name
+
+
+def run_label(run, status: bool = True) -> str:
+    """'PPO toxicity×1 β=0.05 · 12:03 · finished': kind, key settings, start time (the user's name first, if any)."""
     try:
         meta = run.meta
     except Exception:  # noqa: BLE001 - a deleted or half-written folder
         return f"{run.path.name} (unreadable)"
-    status = safe_status(run).get("status", "?")
-    return f"{run.path.name} · {meta.get('kind', '?')} · {status}"
+    kind = str(meta.get("kind", "?"))
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    head = " ".join(p for p in (_KIND_NAMES.get(kind, kind), run_settings(kind, config)) if p)
+    name = run_name(meta)
+    created = meta.get("created")
+    when = ""
+    if isinstance(created, (int, float)):
+        same_day = time.strftime("%Y%m%d", time.localtime(created)) == time.strftime("%Y%m%d")
+        when = time.strftime("%H:%M:%S" if same_day else "%d %b %H:%M", time.localtime(created))
+    parts = [f"{name} ({head})" if name else head, when]
+    if status:
+        parts.append(str(safe_status(run).get("status", "?")))
+    return " · ".join(p for p in parts if p)
 
 
 def safe_status(run) -> dict:
@@ -79,10 +131,48 @@ def label_for_path(path) -> str:
     return run_label(Run(Path(path)))
 
 
-def all_runs(kind: str | None = None) -> list:
+def is_hidden(run) -> bool:
+    """Failed runs, and runs that ended (or died) without logging a metric: kept out of pickers unless asked for."""
+    status = safe_status(run).get("status")
+    if status in ("failed", "deleted"):
+        return True
+    metrics = Path(run.path) / "metrics.jsonl"
+    empty = not metrics.is_file() or metrics.stat().st_size == 0
+    return empty and not run_is_live(run)
+
+
+def all_runs(kind: str | None = None, show_hidden: bool | None = None) -> list:
+    """Runs in the store, newest first; failed and empty ones only when ``show_hidden`` (default: the sidebar's checkbox)."""
     from core.runstore import list_runs
 
-    return list_runs(kind=kind)
+    if show_hidden is None:
+        show_hidden = bool(st.session_state.get(SHOW_HIDDEN_KEY, False))
+    runs = list_runs(kind=kind)
+    return runs if show_hidden else [r for r in runs if not is_hidden(r)]
+
+
+def hidden_note(kind: str | None = None) -> str:
+    """' (2 failed or empty runs hidden: ...)' when the pickers leave runs out, else ''."""
+    from core.runstore import list_runs
+
+    if st.session_state.get(SHOW_HIDDEN_KEY):
+        return ""
+    n = sum(1 for r in list_runs(kind=kind) if is_hidden(r))
+    return f" ({n} failed or empty run{'s' if n > 1 else ''} hidden: tick 'show failed/empty runs' in the sidebar)" if n else ""
+
+
+def run_colours(run_paths) -> dict[str, str]:
+    """Run folder name -> colour, the same on every chart and page: runs are numbered by age in the store."""
+    from core.paths import runs_dir
+
+    names = [Path(p).name for p in run_paths]
+    root = Path(run_paths[0]).parent if run_paths else runs_dir()
+    try:
+        every = sorted(p.name for p in root.iterdir() if p.is_dir())
+    except OSError:
+        every = []
+    order = {n: i for i, n in enumerate(every)}
+    return {n: charts.PALETTE[order.get(n, len(every) + i) % len(charts.PALETTE)] for i, n in enumerate(names)}
 
 
 def open_run(path):
@@ -142,17 +232,34 @@ def metric_names(rows: list[dict]) -> list[str]:
     return names
 
 
+def colour_key(labels: dict[str, str], colours: dict[str, str]) -> str:
+    """HTML: one coloured line and label per run (the key shared by the charts below it)."""
+    items = [f'<span style="white-space:nowrap;margin-right:1.2em"><span style="display:inline-block;width:1.6em;height:0.35em;'
+             f'vertical-align:middle;background:{colours.get(k, "#888")}"></span> {html.escape(v)}</span>' for k, v in labels.items()]
+    return '<div style="font-size:0.85em;line-height:1.8">' + " ".join(items) + "</div>"
+
+
 def draw_curves(run_paths: list, metrics: list[str], columns: int = 2, key_prefix: str = "curves") -> bool:
-    """Draw ``metrics`` for every run on shared axes; returns True while any run is still going."""
+    """Draw ``metrics`` for every run on shared axes; returns True while any run is still going.
+
+    Each run keeps one colour on every chart (``run_colours``), named once in a key above
+    the charts; DPO and SimPO runs get separate y axes where their scales differ.
+    """
     from core.runstore import Run
 
-    data, live = {}, False
+    data, labels, kinds, live = {}, {}, {}, False
     for p in run_paths:
         run = Run(Path(p))
         if not (run.path / "config.json").is_file():
             st.warning(f"Run folder {run.path} is gone (deleted or moved); it is left out of the charts.")
             continue
         data[run.path.name] = run.metrics()
+        labels[run.path.name] = run_label(run, status=False)
+        try:
+            kind = str(run.meta.get("kind", ""))
+        except Exception:  # noqa: BLE001 - config.json half-written
+            kind = ""
+        kinds[run.path.name] = _KIND_NAMES.get(kind, kind)
         live = live or run_is_live(run)
     if not data:
         st.info("No runs to show yet.")
@@ -161,9 +268,13 @@ def draw_curves(run_paths: list, metrics: list[str], columns: int = 2, key_prefi
     if not shown:
         st.info("No metrics logged yet" + (" (the run is starting)" if live else "") + ".")
         return live
+    colours = run_colours([Path(p) for p in run_paths if Path(p).name in data])
+    if len(data) > 1:
+        st.markdown(colour_key(labels, colours), unsafe_allow_html=True)
     cols = st.columns(columns)
     for i, metric in enumerate(shown):
-        fig = charts.curves({label: charts.metric_series(rows, metric) for label, rows in data.items()}, metric)
+        fig = charts.curves({k: charts.metric_series(rows, metric) for k, rows in data.items()}, metric,
+                            names=labels, colours=colours, groups=kinds, legend=False)
         cols[i % columns].plotly_chart(fig, key=f"{key_prefix}_{metric}", width="stretch")
     return live
 
