@@ -16,7 +16,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from workbench import components, state, training
+from workbench import components, limits, state, training
 from workbench.jobs import registry
 
 PAGE = "lab"
@@ -36,7 +36,7 @@ def start_panel(model: str) -> None:
     beta = cols[-1].slider("β (KL coefficient)", 0.0, 0.5, 0.05, 0.01, key=K("beta"))
     row = st.columns([3, 1], vertical_alignment="bottom")
     auto = f"lab {'+'.join(f'{n}={w:g}' for n, w in weights.items() if w)} β={beta:g}"
-    label = row[0].text_input("Run name (optional)", key=K("label"), placeholder=auto).strip() or auto
+    label = row[0].text_input("Run name (optional)", key=K("label"), placeholder=auto, max_chars=limits.MAX_RUN_NAME_CHARS).strip() or auto
     busy = registry().running()
     if row[1].button("Run short PPO", key=K("start"), type="primary", disabled=busy is not None, width="stretch"):
         if not any(weights.values()):
@@ -141,7 +141,8 @@ def compare_panel() -> None:
     st.subheader("Before / after")
     finished = [p for p in picked if (Path(p) / "samples.jsonl").is_file()]
     if finished:
-        which = st.selectbox("Run", finished, key=K("ba_run"), format_func=components.label_for_path)
+        labels = {p: components.label_for_path(p) for p in finished}
+        which = st.selectbox("Run", finished, key=K("ba_run"), format_func=lambda p: labels.get(p, Path(p).name))
         before_after(which)
 
 

@@ -12,7 +12,7 @@ Registered in ``workbench/app.py``; run ``streamlit run workbench/app.py``.
 
 import streamlit as st
 
-from workbench import charts, components, scoring, state
+from workbench import charts, components, limits, scoring, state
 
 PAGE = "explorer"
 K = lambda name: state.key(PAGE, name)  # noqa: E731
@@ -99,6 +99,9 @@ def pick_pair(model: str) -> tuple[str, str, list[dict]]:
             i = top[1].number_input(f"Record (0–{len(recs) - 1})", 0, len(recs) - 1, 0, key=K(f"index_{source}"))
             rec = recs[int(i)]
             prompt, response, spans = rec["prompt"], rec["response"], rec.get("spans", [])
+            if len(prompt) > limits.MAX_PROMPT_CHARS:  # long dialogues: the model answers the end of it
+                st.caption(f"The prompt has {len(prompt):,} characters: only its last {limits.MAX_PROMPT_CHARS:,} are used.")
+                prompt = prompt[-limits.MAX_PROMPT_CHARS:]
             if rec.get("note"):
                 st.caption(f"HH-RLHF: the {rec['note']} response. Content warning: HH-RLHF contains offensive text.")
             with st.expander(f"Prompt: {prompt[:90]}…" if len(prompt) > 90 else f"Prompt: {prompt}", expanded=False):
@@ -112,6 +115,8 @@ def pick_pair(model: str) -> tuple[str, str, list[dict]]:
         if st.button("Sample a response", key=K("sample_btn")):
             if not prompt.strip():
                 st.error("The prompt is empty: type a prompt first.")
+            elif limits.text_problem(prompt):
+                st.error(limits.text_problem(prompt))
             else:
                 with st.spinner("Sampling from the policy…"):
                     st.session_state[K("sampled")] = (model, prompt, _sample(model, prompt, n))
@@ -137,6 +142,10 @@ def main() -> None:
     if not response.strip():
         st.info("No response to score yet.")
         return
+    problem = limits.text_problem(prompt, response)
+    if problem:  # checked before any tokenizer or model sees the text
+        st.error(problem)
+        return
 
     infos = scoring.available_components()
     names = [c.name for c in infos]
@@ -156,6 +165,9 @@ def main() -> None:
     if n_prompt + n_resp > limit:
         st.error(f"Prompt + response are {n_prompt + n_resp} tokens but the model reads at most {limit}: shorten the response (or the prompt).")
         return
+    if n_resp > limits.MAX_RESPONSE_TOKENS:
+        st.error(f"The response has {n_resp:,} tokens; the explorer draws at most {limits.MAX_RESPONSE_TOKENS:,}. Shorten it.")
+        return
 
     progress = st.progress(0.0, text="Scoring the response with each reward component…")
     tr = scoring.score_texts(model, prompt, response, infos)
@@ -172,6 +184,10 @@ def main() -> None:
     st.session_state[K("last_total")] = rows["total (weighted)"]
     tokens = scoring.token_texts(tr)
     st.plotly_chart(charts.token_heatmap(tokens, rows), key=K("heatmap"), width="stretch")
+    if len(tokens) > limits.TOKEN_LABELS_UP_TO:
+        st.caption(f"{len(tokens)} tokens: too many to label on the axis (hover a cell for its token). "
+                   "Below, the response coloured by the weighted total (blue > 0 > red; hover a token for its value).")
+        st.markdown(charts.coloured_text_html(tokens, rows["total (weighted)"]), unsafe_allow_html=True)
     sums = {name: round(sum(v), 4) for name, v in rows.items()}
     st.caption("Sum over tokens: " + " · ".join(f"{k} = {v}" for k, v in sums.items()))
 

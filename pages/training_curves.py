@@ -28,7 +28,8 @@ PRESET = [
 
 def rollout_browser(run_paths: list[str]) -> None:
     st.subheader("Rollout browser")
-    run_path = st.selectbox("Run", run_paths, key=K("browse_run"), format_func=components.label_for_path)
+    labels = {p: components.label_for_path(p) for p in run_paths}  # computed once: a deleted folder keeps its label
+    run_path = st.selectbox("Run", run_paths, key=K("browse_run"), format_func=lambda p: labels.get(p, Path(p).name))
     run = components.open_run(run_path)
     if run is None:
         return

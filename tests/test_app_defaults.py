@@ -222,3 +222,55 @@ def test_curves_legend_sits_above_the_plot():
     assert fig.layout.margin.t >= 36 + 2 * 22  # room for the legend between the title and the plot
     heat = charts.token_heatmap(["a", "b"], {"x": [1.0, 2.0]}, per_row_scale=True)
     assert heat.data[0].colorbar.title.side == "right"
+
+
+# ----------------------------------------------------------------------------- 4. long inputs
+
+
+def _type_own(at: AppTest, prompt: str, response: str) -> None:
+    at.radio(key="explorer_source").set_value("Type your own").run()
+    at.text_area(key="explorer_prompt").set_value(prompt).run()
+    at.text_area(key="explorer_response").set_value(response).run()
+
+
+def test_explorer_refuses_a_20000_character_response_at_once():
+    from workbench.limits import MAX_RESPONSE_CHARS
+
+    at = _open("token_explorer")
+    _type_own(at, "Say something.", "Fine.")
+    start = time.perf_counter()
+    at.text_area(key="explorer_response").set_value(("This is a long sentence about nothing. " * 520)[:20_000]).run()
+    elapsed = time.perf_counter() - start
+    assert not at.exception
+    assert any(f"at most {MAX_RESPONSE_CHARS:,}" in e.value for e in at.error), [e.value for e in at.error]
+    assert not list(at.get("plotly_chart"))
+    assert elapsed < 5, elapsed  # a message, not minutes of scoring and drawing
+    at.text_area(key="explorer_prompt").set_value("x" * 20_000).run()
+    assert any("The prompt has 20,000 characters" in e.value for e in at.error)
+
+
+def test_explorer_long_response_gets_index_axis_and_coloured_text():
+    from workbench.limits import TOKEN_LABELS_UP_TO
+
+    at = _open("token_explorer")
+    _type_own(at, "Say something.", "It is a damn fine day. " * 40)  # ~240 tokens
+    _clean(at)
+    heat = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert len(heat["data"][0]["x"]) > TOKEN_LABELS_UP_TO
+    assert "ticktext" not in heat["layout"].get("xaxis", {})  # no per-token labels: indices, the token on hover
+    assert any("rgba(" in m.value for m in at.markdown)  # the coloured-text view of the response
+
+
+def test_token_heatmap_for_1000_tokens_builds_fast():
+    import random
+
+    from workbench import charts
+
+    tokens = [f" w{i}" for i in range(1000)]
+    rows = {n: [random.uniform(-1, 1) for _ in tokens] for n in ("toxicity", "toxicity_sentence", "total (weighted)")}
+    start = time.perf_counter()
+    fig = charts.token_heatmap(tokens, rows)
+    fig.to_json()  # what Streamlit sends to the browser
+    charts.coloured_text_html(tokens, rows["total (weighted)"])
+    assert time.perf_counter() - start < 2.0
+    assert fig.layout.xaxis.ticktext is None
