@@ -1,4 +1,4 @@
-"""Home page: what each page of the workbench teaches, and where the notebooks are.
+"""Home page: what each page of the workbench teaches, and the notebooks (with a button that starts JupyterLab).
 
 Thin on purpose: text, the notebooks found in ``notebooks/`` and the current choices.
 Run with ``streamlit run workbench/app.py`` (this file is registered there).
@@ -8,10 +8,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from workbench import components, state
+from workbench import components, jupyter, state
 
 ROOT = Path(__file__).resolve().parent.parent
-JUPYTER = "http://127.0.0.1:8888"  # JupyterLab's default address when started from the project root
 
 def _title(path: Path) -> str:
     """The first Markdown heading of a notebook, or its file name."""
@@ -45,10 +44,20 @@ Learn RLHF by taking it apart on a real small language model (SmolLM2-135M-Instr
     )
     st.subheader("Notebooks")
     notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
-    if notebooks:
-        st.markdown("\n".join(f"- [{_title(p)}]({JUPYTER}/lab/tree/notebooks/{p.name}) · `notebooks/{p.name}`" for p in notebooks))
-    else:
+    lab = jupyter.running()
+    if not notebooks:
         st.caption("No notebooks in notebooks/ yet.")
-    st.caption(f"The links open in JupyterLab once it runs: `.venv/bin/jupyter lab --port 8888` from the project root "
-               "(the order to read them in: `notebooks/README.md`).")
+    elif lab is None:
+        if jupyter.exited():
+            st.warning(jupyter.exited() + ". Start it again, or by hand with the command below.")
+        st.markdown("\n".join(f"- {_title(p)} · `notebooks/{p.name}`" for p in notebooks))
+        if st.button("Start JupyterLab", key="home_jupyter", help="Runs JupyterLab on 127.0.0.1 beside this app; the links appear here."):
+            jupyter.start(ROOT / "notebooks")
+            st.rerun()
+    else:
+        st.markdown("\n".join(f"- [{_title(p)}]({lab.url(p.name)}) · `notebooks/{p.name}`" for p in notebooks))
+        st.caption(f"JupyterLab runs on 127.0.0.1:{lab.port} (started by this app; it stops with it)"
+                   + ("" if lab.ready() else " — still starting: give it a few seconds before opening a link") + ".")
+    st.caption(f"Or start it yourself from the project root: `{jupyter.COMMAND}` "
+               "(the order to read the notebooks in: `notebooks/README.md`).")
     st.caption(f"Model: `{state.current_model()}` · device: `{state.current_device()}` · change them in the sidebar.")

@@ -274,3 +274,41 @@ def test_token_heatmap_for_1000_tokens_builds_fast():
     charts.coloured_text_html(tokens, rows["total (weighted)"])
     assert time.perf_counter() - start < 2.0
     assert fig.layout.xaxis.ticktext is None
+
+
+# ----------------------------------------------------------------------------- 5. Home: notebooks
+
+
+def test_home_starts_jupyterlab_on_localhost_and_links_to_it(monkeypatch):
+    from workbench import jupyter
+
+    started = []
+
+    class FakeProcess:
+        def __init__(self, command, **kwargs):
+            started.append((command, kwargs))
+
+        def poll(self):
+            return None
+
+        def terminate(self):
+            pass
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(jupyter.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(jupyter, "_LAB", None)
+    at = _open("home")
+    _clean(at)
+    assert any(jupyter.COMMAND in c.value for c in at.caption)
+    assert not any("127.0.0.1:8888" in m.value for m in at.markdown)  # no links to a server nobody started
+    at.button(key="home_jupyter").click().run()
+    _clean(at)
+    assert len(started) == 1
+    command = started[0][0]
+    assert command[1:4] == ["-m", "jupyter", "lab"] and "--ServerApp.ip=127.0.0.1" in command
+    lab = jupyter.running()
+    links = [m.value for m in at.markdown if lab.url("") .split("?")[0] in m.value]
+    assert links and f"?token={lab.token}" in links[0] and ".ipynb" in links[0]
+    monkeypatch.setattr(jupyter, "_LAB", None)
