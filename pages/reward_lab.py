@@ -34,6 +34,11 @@ def start_panel(model: str) -> None:
     for i, name in enumerate(names):
         weights[name] = cols[i % (len(cols) - 1)].slider(f"w · {name}", 0.0, 2.0, 1.0 if i == 0 else 0.0, 0.1, key=K(f"w_{name}"))
     beta = cols[-1].slider("β (KL coefficient)", 0.0, 0.5, 0.05, 0.01, key=K("beta"))
+    st.caption("What the weights do: the per-token reward is Σ wₖ·rₖ − β·KL, and PPO then whitens the advantages "
+               "(divides them by their spread over the batch). So with one component on, doubling its weight mostly "
+               "cancels out: the same samples and updates, only `objective/scores` doubles. Weights matter through their "
+               "ratios when several components are on, and through their size against β·KL. β pulls towards the "
+               "reference: in a run of a few iterations it shows first in `objective/kl`, rarely in the samples.")
     row = st.columns([3, 1], vertical_alignment="bottom")
     auto = f"lab {'+'.join(f'{n}={w:g}' for n, w in weights.items() if w)} β={beta:g}"
     label = row[0].text_input("Run name (optional)", key=K("label"), placeholder=auto, max_chars=limits.MAX_RUN_NAME_CHARS).strip() or auto
