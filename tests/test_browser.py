@@ -32,7 +32,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 SHORT = {
     "ppo": {"num_iterations": 2, "num_prompts": 2, "batch_size": 2, "minibatch_size": 2, "max_new_tokens": 8,
             "eval_prompts": 0, "eval_every": 0, "ppo_epochs": 1, "save_every": 0, "prompts": "demo"},
-    "preference": {"train_size": 8, "eval_size": 4, "num_steps": 2, "batch_size": 2, "max_length": 96,
+    # no train_size / eval_size: the preference page sizes its split to the data, as for a user
+    "preference": {"num_steps": 2, "batch_size": 2, "max_length": 96,
                    "max_prompt_length": 48, "gradient_accumulation_steps": 1, "eval_every": 1, "save_every": 100},
 }
 
@@ -181,3 +182,47 @@ def test_screenshots_of_every_page(page, server):
         assert page.locator('[data-testid="stException"]').count() == 0
     for name in ("home", "explorer", "curves", "lab", "preference"):
         assert (SHOTS / f"{name}.png").is_file()
+
+
+def _no_exception(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def test_preference_dpo_on_defaults_then_a_one_pair_simpo(page, server):
+    """The page's own defaults (demo set, DPO) train; then SimPO on an uploaded file with a single pair."""
+    _open(page, server, "preference")
+    page.get_by_role("button", name="Run short DPO").click()
+    page.get_by_text("'DPO β=0.1' finished.").wait_for(timeout=180_000)
+    assert page.get_by_text("'DPO β=0.1' failed").count() == 0
+    _no_exception(page)
+    page.get_by_text("upload a .jsonl", exact=True).click()
+    pair = {"prompt": "What is 2 + 2?", "chosen": "It is 4.", "rejected": "No idea."}
+    page.locator('input[type="file"]').set_input_files(
+        files=[{"name": "one.jsonl", "mimeType": "application/json", "buffer": (json.dumps(pair) + "\n").encode()}])
+    page.get_by_text("'one.jsonl': 1 pairs.").wait_for(timeout=30_000)
+    page.get_by_text("SimPO", exact=True).click()
+    page.get_by_role("button", name="Run short SimPO").click()
+    page.get_by_text("'SimPO β=2' finished.").wait_for(timeout=180_000)
+    _no_exception(page)
+
+
+def test_explorer_long_texts(page, server):
+    """A 20,000-character response gets the message at once; a ~900-token one is drawn (timed)."""
+    _open(page, server, "explorer")
+    page.get_by_text("Type your own", exact=True).click()
+    response = page.get_by_label("Response")
+    response.wait_for()
+    start = time.time()
+    response.fill(("This is a long sentence about nothing. " * 520)[:20_000])
+    response.press("Control+Enter")
+    page.get_by_text("the explorer handles at most 6,000").wait_for(timeout=30_000)
+    print(f"20,000-character response: message after {time.time() - start:.1f} s")
+    _no_exception(page)
+    start = time.time()
+    response.fill("It is a fine day. " * 150)  # ~900 tokens: within the tiny model's 1,024
+    response.press("Control+Enter")
+    page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].some(d => d.data && d.data[0].type === 'heatmap'"
+                           " && d.data[0].x.length > 800)", timeout=120_000)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
+    print(f"~900-token response: scored and drawn after {time.time() - start:.1f} s")
+    _no_exception(page)
