@@ -4,6 +4,7 @@ Thin on purpose: text, the notebooks found in ``notebooks/`` and the current cho
 Run with ``streamlit run workbench/app.py`` (this file is registered there).
 """
 
+import re
 from pathlib import Path
 
 import streamlit as st
@@ -24,7 +25,7 @@ def _title(path: Path) -> str:
         if cell.get("cell_type") == "markdown":
             for line in "".join(cell.get("source", [])).splitlines():
                 if line.startswith("#"):
-                    return line.lstrip("# ").strip()
+                    return re.sub(r"^(\d+)\. ", r"\1\\. ", line.lstrip("# ").strip())  # "1. x" stays text, not a list
     return path.stem
 
 

@@ -148,7 +148,7 @@ def scatter_panel(model: str, records) -> None:
     held_out = held_out or list(records)
     most = min(32, len(held_out))
     if most > 1:
-        n = st.slider("Held-out pairs", 1, most, min(8, most), key=K(f"n_pairs_{len(held_out)}"))
+        n = st.slider("Held-out pairs to score", 1, most, min(8, most), key=K(f"n_pairs_{len(held_out)}"))
     else:
         n = 1
         st.caption("One pair to score (the data set has too few pairs to hold more out).")
