@@ -212,6 +212,7 @@ def test_one_colour_per_run_on_every_chart_and_separate_axes_for_dpo_and_simpo()
     accuracies = next(f for f in figs if f["layout"]["title"]["text"] == "rewards/accuracies")
     assert {t.get("yaxis", "y") for t in accuracies["data"]} == {"y"}  # same scale: one axis
     assert any("DPO β=0.1" in m.value and "SimPO β=2" in m.value for m in at.markdown)  # one colour key above the charts
+    assert any(c.value.startswith("Not logged by these runs:") and "eval/rewards/margins" in c.value for c in at.caption)
 
 
 def test_curves_legend_sits_above_the_plot():

@@ -268,6 +268,9 @@ def draw_curves(run_paths: list, metrics: list[str], columns: int = 2, key_prefi
     if not shown:
         st.info("No metrics logged yet" + (" (the run is starting)" if live else "") + ".")
         return live
+    missing = [m for m in metrics if m not in shown]
+    if missing and not live:  # say so, rather than leave a chart out silently
+        st.caption(f"Not logged by {'this run' if len(data) == 1 else 'these runs'}: {', '.join(missing)}.")
     colours = run_colours([Path(p) for p in run_paths if Path(p).name in data])
     if len(data) > 1:
         st.markdown(colour_key(labels, colours), unsafe_allow_html=True)
