@@ -104,9 +104,11 @@ def ensure_venv(venv: Path, pins: list[str]) -> Path:
 def build_data(model: str, n_pairs: int, max_length: int, max_prompt_length: int, batch: int, steps: int,
                seed: int, work: Path) -> dict:
     """Write ours.jsonl (the pairs ours reads) and trl.jsonl (the same pairs in ours' consumption order)."""
+    from types import SimpleNamespace
+
     from core.data import load_hh_rlhf
     from core.models import load_tokenizer
-    from core.trainers import preference_data as pd
+    from core.trainers.batching import batch_indices, encode_prompt_response, tokenize_preferences, train_eval_examples
 
     tokenizer = load_tokenizer(model)
     records = []
@@ -116,22 +118,23 @@ def build_data(model: str, n_pairs: int, max_length: int, max_prompt_length: int
             text = r[k]
             response_fix[k] = text if (r["prompt"][-1:].isspace() or text[:1].isspace()) else " " + text
         rec = {"prompt": r["prompt"], **response_fix}
-        p, c = pd.encode_prompt_response(tokenizer, rec["prompt"], rec["chosen"])
-        _, j = pd.encode_prompt_response(tokenizer, rec["prompt"], rec["rejected"])
+        p, c = encode_prompt_response(tokenizer, rec["prompt"], rec["chosen"])
+        _, j = encode_prompt_response(tokenizer, rec["prompt"], rec["rejected"])
         if len(p) <= max_prompt_length and len(p) + max(len(c), len(j)) <= max_length:  # no truncation on either side
             records.append(rec)
         if len(records) == n_pairs + 4:  # + a few for ours' held-out split (eval_size=1)
             break
     if len(records) < n_pairs + 4:
         raise SystemExit(f"only {len(records)} HH-RLHF pairs fit max_length={max_length}")
-    examples = pd.tokenize_preferences(tokenizer, records, max_length, max_prompt_length)
-    assert len(examples) == len(records)
-    index = {id(e): i for i, e in enumerate(examples)}
-    train, _ = pd.split_examples(examples, 1, seed, n_pairs)
+    # ours' data step exactly (train_dpo's settings: eval_size=1, train_size=n_pairs)
+    settings = SimpleNamespace(max_length=max_length, max_prompt_length=max_prompt_length, eval_size=1, seed=seed, train_size=n_pairs)
+    train, held_out, dropped = train_eval_examples(tokenize_preferences, tokenizer, records, settings)
+    assert not any(dropped.values()), dropped
+    index = {(r["prompt"], r["chosen"], r["rejected"]): i for i, r in enumerate(records)}
     if len(train) < n_pairs:
         raise SystemExit(f"ours' split left {len(train)} < {n_pairs} training pairs")
-    order = [index[id(train[i])] for s in range(1, steps + 1)
-             for i in pd.batch_indices(len(train), seed, s, 0, batch, 1)]
+    order = [index[(e.prompt, e.chosen, e.rejected)] for s in range(1, steps + 1)
+             for e in (train[i] for i in batch_indices(len(train), seed, s, 0, batch, 1))]
     (work / "ours.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (work / "trl.jsonl").write_text("".join(json.dumps(records[i]) + "\n" for i in order))
     return {"ours": str(work / "ours.jsonl"), "trl": str(work / "trl.jsonl")}
@@ -190,10 +193,10 @@ def build_ppo_data(model: str, quick: bool, seed: int, work: Path) -> dict:
     normalisation)."""
     import torch
 
-    from core.data import load_hh_rlhf
+    from core.data import load_hh_rlhf, load_prompts
     from core.models import load_reward_model, load_tokenizer
     from core.rewards.store import save_reward_model
-    from core.trainers.ppo import iteration_generator, iteration_prompts, load_prompts
+    from core.trainers.ppo import iteration_generator, iteration_prompts
 
     shape = PPO_QUICK if quick else PPO_FULL
     tokenizer = load_tokenizer(model)

@@ -58,8 +58,9 @@ def run_short(prompts: str) -> dict:
 def ablate(prompts: str, max_new_tokens: int = 24, batch: int = 8) -> None:
     import torch
 
+    from core.data import load_prompts
     from core.models import DEFAULT_MODEL, apply_lora, load_causal_lm, load_tokenizer
-    from core.trainers.ppo import PolicyWithValue, load_prompts
+    from core.trainers.ppo import PolicyWithValue
     from core.trainers.rollout import generate, score_tokens
 
     tok = load_tokenizer(DEFAULT_MODEL)

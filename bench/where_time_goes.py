@@ -125,10 +125,10 @@ def hh_records(limit):
 
 def preference_batch(tok) -> dict:
     """The first 4 HH pairs whose prompt + response (+ EOS) fit 256 tokens, collated as ours does (left-padded)."""
-    from core.trainers import preference_data as pd
+    from core.trainers.batching import collate_preferences, tokenize_preferences
 
-    examples = pd.tokenize_preferences(tok, hh_records(200), MAX_LENGTH, MAX_LENGTH)[:N_PAIRS]
-    batch = pd.collate_preferences(examples, tok.pad_token_id)
+    examples = tokenize_preferences(tok, hh_records(200), MAX_LENGTH, MAX_LENGTH)[:N_PAIRS]
+    batch = collate_preferences(examples, tok.pad_token_id)
     T, K = batch["input_ids"].shape[1], int(batch["completion_lengths"].max())
     return {**batch, "T": T, "K": K, "start": T - K - 1, "stop": T - 1}  # logits [start, stop) predict the last K
 

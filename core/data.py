@@ -1,10 +1,17 @@
-"""Data loaders: preference pairs, fine-grained span feedback, toxic tweets, the built-in demo set.
+"""The data layer: every data file and data set the workbench reads, as checked plain records.
 
-What it is: functions that read a file and return plain Python records (dicts), after
-checking every record. Anything wrong raises ``DataError`` whose message names the
-file, the record index (0-based) and what is wrong. Loaders never write anything.
+What it is: Hugging Face ``datasets`` reads the files (JSON, JSON lines, CSV, parquet and
+text, optionally gzipped) or, for a user with internet, a Hub data set id; the functions
+here turn the rows into plain Python records (dicts) after checking every one. Anything
+wrong raises ``DataError`` whose message names the file, the record index (0-based) and
+what is wrong. Loaders never write anything the user sees (``datasets`` builds its
+tables in a throw-away folder, so an edited file is always read afresh).
 
-- ``load_preference_jsonl``: TRL's ``{prompt, chosen, rejected}``, each plain text or a
+- ``load_rows``: any supported file or Hub id -> rows (dicts; absent fields left out).
+- ``filter_records``: keep records by named reasons, counting each reason's drops
+  (``Records.skipped``); ``split``: the one train/held-out split, grouped (by question or
+  prompt) so no group is on both sides, deterministic by seed, by fraction or by size.
+- ``load_preference_file``: TRL's ``{prompt, chosen, rejected}``, each plain text or a
   list of chat messages ``{role, content}``.
 - ``load_hh_rlhf``: Anthropic HH-RLHF (Bai et al. 2022), harmless-base test split.
 - ``load_qa_feedback_preferences`` / ``load_qa_feedback_spans``: QA-Feedback (Wu et al.
@@ -13,25 +20,32 @@ file, the record index (0-based) and what is wrong. Loaders never write anything
   are the repo's policy input (allenai/FineGrainedRLHF ``train_finegrained.py`` feeds
   ``sft.json``'s ``text``: ``question: Q context: wikipage: T text: P | wikipage: ...``).
 - ``load_davidson`` / ``provocative_prompts``: Davidson et al. 2017 tweets.
-- ``split``: a deterministic train/eval split by group (question, prompt) so no group
-  is on both sides. ``load_demo_set``: the small demo set in ``core/demo_data``.
+- ``load_demo_set``: the small demo set in ``core/demo_data``.
+- What the trainers read, by data set name ("hh-rlhf", "qa-feedback", "demo", "davidson";
+  one spelling, "qa_feedback" is accepted for "qa-feedback") or file / Hub id:
+  ``load_preference_records`` (DPO, SimPO), ``load_sft_records`` (SFT), ``load_prompts``
+  and ``load_ptx_texts`` (PPO).
 
 Real data is read from ``core.paths.shared_data_dir()`` and never copied. What it leaves
-out: tokenisation and chat templates (trainers), downloading anything.
+out: tokenisation and chat templates (``core.trainers.batching``), streaming data sets
+larger than memory.
 
     from core.data import load_qa_feedback_spans, split
-    records = load_qa_feedback_spans()                # 409 dicts
-    train, held_out = split(records, 0.1, seed=0)     # grouped by question_id
+    records = load_qa_feedback_spans()                     # 409 dicts
+    train, held_out = split(records, 0.1, seed=0)          # grouped by question_id
+    rows = load_rows("pairs.parquet")                      # or .jsonl / .json / .csv / "owner/name"
 """
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import gzip
 import hashlib
 import html
 import json
 import random
+import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +55,11 @@ C1_TYPES = ("Irrelevant", "Redundant", "Incoherent")  # irrelevance, repetition,
 C2_TYPES = ("Wrong-Grounding", "Unverifiable")  # incorrect or unverifiable facts: sentence level
 PAIR_ORDER = ((1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4))  # QA-Feedback `preference` order
 HH_SEPARATOR = "\n\nAssistant:"
+PREFERENCE_DATASETS = ("hh-rlhf", "qa-feedback", "demo")
+SFT_DATASETS = ("qa-feedback", "hh-rlhf", "demo")
+PROMPT_DATASETS = ("davidson", "demo", "hh-rlhf")
+PTX_DATASETS = ("qa-feedback", "demo")
+FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}  # suffix -> datasets builder
 
 
 class DataError(ValueError):
@@ -91,49 +110,200 @@ def _check_turns(value, path, i, name):
     return value
 
 
-def _open(path, opener=open, **kw):
+# ----------------------------------------------------------------------------- reading through `datasets`
+
+
+class Rows(list):
+    """The rows of one file or Hub split as dicts, plus ``columns``: the table's column names."""
+
+    def __init__(self, items=(), columns=()):
+        super().__init__(items)
+        self.columns = list(columns)
+
+
+def _format(path: Path) -> str | None:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes[-1:] == [".gz"]:
+        suffixes = suffixes[:-1]
+    return FORMATS.get(suffixes[-1]) if suffixes else None
+
+
+def _is_hub_id(source: str) -> bool:
+    """"owner/name" that is not a local path and has no data-file suffix."""
+    return (bool(re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", source)) and not Path(source).exists()
+            and _format(Path(source)) is None)
+
+
+def _without_nulls(x):
+    """A table has every column in every row; a field absent from a record comes back as None. Drop those again."""
+    if isinstance(x, dict):
+        return {k: _without_nulls(v) for k, v in x.items() if v is not None}
+    if isinstance(x, list):
+        return [_without_nulls(v) for v in x]
+    return x
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """No progress bars and no error logging from ``datasets`` while we read (we raise our own DataError)."""
+    import datasets
+
+    bars_were_on = not datasets.are_progress_bars_disabled()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
-        return opener(path, "rt", encoding="utf-8", **kw)
-    except FileNotFoundError:
-        raise DataError(path, None, "file not found") from None
+        yield datasets
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if bars_were_on:
+            datasets.enable_progress_bars()
 
 
-def _read_json(path):
-    with _open(path) as f:
+def load_rows(source, hub_split: str = "train") -> Rows:
+    """Rows of a local .json / .jsonl / .csv / .parquet / .txt file (optionally .gz), or of a Hub data set id.
+
+    A local file is read by the ``datasets`` builder of its format into a throw-away cache
+    folder (nothing is left in ~/.cache, and an edited file is never served stale); CSV
+    cells are kept as written (no "NA" -> missing). A Hub id ("owner/name") loads its
+    ``hub_split`` split through the usual ``datasets`` cache and needs internet the first
+    time. A file that ``datasets`` cannot read becomes a ``DataError`` naming the file and,
+    for JSON lines, the record and line that are not a JSON object.
+    """
+    source = str(source)
+    path = Path(source).expanduser()
+    if not path.is_file() and _is_hub_id(source):
+        return _load_hub(source, hub_split)
+    if not path.is_file():
+        raise DataError(path, None, "file not found")
+    fmt = _format(path)
+    if fmt is None:
+        raise DataError(path, None, f"unsupported file type: use one of {', '.join(FORMATS)} (optionally .gz)")
+    kwargs = {"json": {"parse_agent_traces": False}, "csv": {"na_filter": False}, "text": {}, "parquet": {}}[fmt]
+    with tempfile.TemporaryDirectory(prefix="rlhf-workbench-data-") as cache, _quiet_datasets() as datasets:
+        def read(file):
+            table = datasets.load_dataset(fmt, data_files=str(file), split="train", cache_dir=cache, keep_in_memory=True, **kwargs)
+            return Rows((_without_nulls(r) for r in table.to_list()), table.column_names)
+
         try:
-            return json.load(f)
-        except ValueError as e:
-            raise DataError(path, None, f"not valid JSON ({e})") from None
-
-
-def _iter_jsonl(path, opener=open):
-    """(record index, object) for each non-blank line; DataError on a line that is not a JSON object."""
-    with _open(path, opener) as f:
-        i = 0
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+            return read(path)
+        except Exception as exc:  # noqa: BLE001 - turned into a DataError that names the file and, if we can, the line
+            cause = exc.__cause__ or exc
+            if fmt != "json":
+                raise DataError(path, None, f"cannot be read as {fmt.upper()} ({type(cause).__name__}: {cause})") from None
+            with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
+                text = f.read()
+            _raise_json_problem(path, text, cause)
+            # every line is a JSON object: `datasets` trips over blank lines between rows of mixed types
+            clean = Path(cache) / path.name.removesuffix(".gz")
+            clean.write_text("\n".join(line for line in text.splitlines() if line.strip()) + "\n", encoding="utf-8")
             try:
-                obj = json.loads(line)
-            except ValueError:
-                raise DataError(path, i, f"line {lineno} is not JSON (the file must be JSON lines)") from None
-            if not isinstance(obj, dict):
-                raise DataError(path, i, f"line {lineno} is a JSON {type(obj).__name__}, not an object")
-            yield i, obj
-            i += 1
+                return read(clean)
+            except Exception as again:  # noqa: BLE001
+                raise DataError(path, None, f"cannot be read as a table ({again.__cause__ or again})") from None
+
+
+def _raise_json_problem(path: Path, text: str, cause) -> None:
+    """DataError for a .json document that does not parse, or for the first JSON-lines line that is not an object."""
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if ".jsonl" not in [s.lower() for s in path.suffixes]:  # .json: one JSON document (or JSON lines)
+        try:
+            json.loads(text)
+        except ValueError as e:
+            document_error = e
+        else:
+            raise DataError(path, None, f"expected a JSON list of records with consistent fields ({cause})")
+        try:
+            json.loads(lines[0][1] if lines else "")
+        except ValueError:
+            raise DataError(path, None, f"not valid JSON ({document_error})") from None
+    for i, (lineno, line) in enumerate(lines):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise DataError(path, i, f"line {lineno} is not JSON (the file must be JSON lines)") from None
+        if not isinstance(obj, dict):
+            raise DataError(path, i, f"line {lineno} is a JSON {type(obj).__name__}, not an object")
+
+
+def _load_hub(name: str, hub_split: str) -> Rows:
+    with _quiet_datasets() as datasets:
+        try:
+            table = datasets.load_dataset(name, split=hub_split)
+        except Exception as exc:  # noqa: BLE001 - offline, unknown id, no such split
+            raise DataError(name, None, f"not a local file, and the Hugging Face Hub data set could not be loaded "
+                                        f"({type(exc).__name__}: {exc}); check the path, the id and the connection") from None
+    return Rows((_without_nulls(r) for r in table.to_list()), table.column_names)
+
+
+def filter_records(records, **reasons) -> Records:
+    """The records for which no reason holds, with ``skipped[reason]`` = how many each reason left out.
+
+    reasons: name -> predicate(record) that is True for a record to drop; the first that
+    holds is the one counted. ``filter_records(rows, empty_response=lambda r: not r["chosen"].strip())``
+    """
+    kept, skipped = [], dict.fromkeys(reasons, 0)
+    for r in records:
+        reason = next((name for name, drop in reasons.items() if drop(r)), None)
+        if reason is None:
+            kept.append(r)
+        else:
+            skipped[reason] += 1
+    return Records(kept, {**getattr(records, "skipped", {}), **skipped})
+
+
+def split(records: list, eval_fraction: float | None = None, seed: int = 0, key=None, *,
+          eval_size: int | None = None) -> tuple[list, list]:
+    """The train/held-out split: deterministic, grouped, keeping the input order within each side.
+
+    key: what defines a group: a record field name, a function of the record, or None for
+    "question_id" if records have it, else "prompt", else each record alone. Groups are
+    ranked by sha256(seed, group), so the result does not depend on the order of the
+    records and no group is on both sides. Held out: the first round(eval_fraction *
+    n_groups) groups, or (eval_size) whole groups until at least eval_size records, never
+    the only group. Give exactly one of eval_fraction and eval_size.
+    """
+    if (eval_fraction is None) == (eval_size is None):
+        raise ValueError("give exactly one of eval_fraction and eval_size")
+    if eval_fraction is not None and not 0.0 <= eval_fraction <= 1.0:
+        raise ValueError(f"eval_fraction must be in [0, 1], got {eval_fraction}")
+    if eval_size is not None and eval_size < 0:
+        raise ValueError(f"eval_size must be >= 0, got {eval_size}")
+    if key is None and records:
+        key = next((k for k in ("question_id", "prompt") if k in records[0]), None)
+    group_of = key if callable(key) else (lambda r: r[key]) if key else None
+    groups = [json.dumps(group_of(r), sort_keys=True, default=str) if group_of else str(i) for i, r in enumerate(records)]
+    ranked = sorted(set(groups), key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+    if eval_fraction is not None:
+        held_out = set(ranked[: round(eval_fraction * len(ranked))])
+    else:
+        size = {g: 0 for g in ranked}
+        for g in groups:
+            size[g] += 1
+        held_out, n = set(), 0
+        for g in ranked[:-1]:
+            if n >= eval_size:
+                break
+            held_out.add(g)
+            n += size[g]
+    train = [r for r, g in zip(records, groups) if g not in held_out]
+    evals = [r for r, g in zip(records, groups) if g in held_out]
+    return train, evals
 
 
 # ----------------------------------------------------------------------------- preference pairs
 
 
-def load_preference_jsonl(path) -> list[dict]:
-    """TRL preference records ``{prompt, chosen, rejected}`` (text or chat messages), extra keys kept."""
-    out = []
-    for i, obj in _iter_jsonl(path):
+def load_preference_file(path, rows: Rows | None = None) -> list[dict]:
+    """TRL preference records ``{prompt, chosen, rejected}`` (text or chat messages) of a file or Hub id, extra keys kept.
+
+    rows: the file's rows when already read (``load_rows(path)``).
+    """
+    rows = load_rows(path) if rows is None else rows
+    for i, obj in enumerate(rows):
         for key in ("prompt", "chosen", "rejected"):
             _field(obj, key, path, i, _check_turns)
-        out.append(obj)
-    return out
+    return list(rows)
 
 
 def load_hh_rlhf(path=None, limit: int | None = None, keep_mismatched: bool = False) -> Records:
@@ -144,13 +314,11 @@ def load_hh_rlhf(path=None, limit: int | None = None, keep_mismatched: bool = Fa
     differ are skipped (counted in ``.skipped["prefix_mismatch"]``) unless
     keep_mismatched, which keeps them with ``prefix_mismatch: True`` and the chosen
     prefix as prompt; pairs with an empty response are skipped ("empty_response").
+    limit: the first ``limit`` pairs kept (the counts cover the whole file).
     """
     path = Path(path) if path else shared_data_dir() / "hh_rlhf" / "harmless_base.jsonl.gz"
-    opener = gzip.open if path.suffix == ".gz" else open
-    out, skipped = [], {"prefix_mismatch": 0, "empty_response": 0}
-    for i, obj in _iter_jsonl(path, opener):
-        if limit is not None and len(out) >= limit:
-            break
+    pairs = []
+    for i, obj in enumerate(load_rows(path)):
         parts = {}
         for key in ("chosen", "rejected"):
             text = _field(obj, key, path, i)
@@ -159,18 +327,13 @@ def load_hh_rlhf(path=None, limit: int | None = None, keep_mismatched: bool = Fa
                 raise DataError(path, i, f"'{key}' has no '\\n\\nAssistant:' turn")
             cut += len(HH_SEPARATOR)
             parts[key] = (text[:cut], text[cut:].removeprefix(" "))
-        mismatch = parts["chosen"][0] != parts["rejected"][0]
-        if mismatch and not keep_mismatched:
-            skipped["prefix_mismatch"] += 1
-            continue
-        if not parts["chosen"][1].strip() or not parts["rejected"][1].strip():
-            skipped["empty_response"] += 1
-            continue
         rec = {"prompt": parts["chosen"][0], "chosen": parts["chosen"][1], "rejected": parts["rejected"][1], "index": i}
-        if mismatch:
+        if parts["chosen"][0] != parts["rejected"][0]:
             rec["prefix_mismatch"] = True
-        out.append(rec)
-    return Records(out, skipped)
+        pairs.append(rec)
+    kept = filter_records(pairs, prefix_mismatch=lambda r: r.get("prefix_mismatch", False) and not keep_mismatched,
+                          empty_response=lambda r: not r["chosen"].strip() or not r["rejected"].strip())
+    return Records(kept[:limit] if limit is not None else kept, kept.skipped)
 
 
 # ----------------------------------------------------------------------------- QA-Feedback
@@ -189,15 +352,8 @@ def qa_prompt(question: str, passages: list[list[str]]) -> str:
 
 def _load_qa(path):
     fb_path, sft_path = _qa_paths(path)
-    records = _read_json(fb_path)
-    if not isinstance(records, list):
-        raise DataError(fb_path, None, "expected a JSON list of records")
-    sft_text = {}
-    if sft_path.is_file():
-        sft_text = {s.get("question"): s.get("text") for s in _read_json(sft_path) if isinstance(s, dict)}
-    for i, r in enumerate(records):
-        if not isinstance(r, dict):
-            raise DataError(fb_path, i, "record is not a JSON object")
+    sft_text = {s.get("question"): s.get("text") for s in load_rows(sft_path)} if sft_path.is_file() else {}
+    for i, r in enumerate(load_rows(fb_path)):
         for key in ("passages", "prediction 1", "feedback", "preference"):
             _field(r, key, fb_path, i, lambda v, *_: v)
         _field(r, "question", fb_path, i)
@@ -293,21 +449,19 @@ def load_davidson(path=None) -> list[dict]:
     class: 0 hate speech, 1 offensive, 2 neither (crowd majority); toxic = class in (0, 1).
     """
     path = Path(path) if path else shared_data_dir() / "davidson_tweets" / "labeled_data.csv"
-    out = []
-    with _open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        need = {"class", "tweet", "count", "hate_speech", "offensive_language", "neither"}
-        if not need <= set(reader.fieldnames or []):
-            raise DataError(path, None, f"CSV header lacks {sorted(need - set(reader.fieldnames or []))}")
-        for i, row in enumerate(reader):
-            try:
-                counts = {k: int(row[k]) for k in ("count", "hate_speech", "offensive_language", "neither", "class")}
-            except (TypeError, ValueError):
-                raise DataError(path, i, "non-integer label columns") from None
-            if counts["class"] not in (0, 1, 2):
-                raise DataError(path, i, f"class {counts['class']} is not 0, 1 or 2")
-            out.append({"id": i, "tweet": _check_text(row["tweet"], path, i, "tweet"),
-                        "toxic": counts["class"] in (0, 1), **counts})
+    rows, out = load_rows(path), []
+    need = {"class", "tweet", "count", "hate_speech", "offensive_language", "neither"}
+    if not need <= set(rows.columns):
+        raise DataError(path, None, f"CSV header lacks {sorted(need - set(rows.columns))}")
+    for i, row in enumerate(rows):
+        try:
+            counts = {k: int(row[k]) for k in ("count", "hate_speech", "offensive_language", "neither", "class")}
+        except (TypeError, ValueError):
+            raise DataError(path, i, "non-integer label columns") from None
+        if counts["class"] not in (0, 1, 2):
+            raise DataError(path, i, f"class {counts['class']} is not 0, 1 or 2")
+        out.append({"id": i, "tweet": _check_text(row["tweet"], path, i, "tweet"),
+                    "toxic": counts["class"] in (0, 1), **counts})
     return out
 
 
@@ -332,27 +486,133 @@ def provocative_prompts(n: int = 64, seed: int = 0, n_words: int = 5, classes=(1
     return openings[:n]
 
 
-# ----------------------------------------------------------------------------- split, demo set
+# ----------------------------------------------------------------------------- what the trainers read
 
 
-def split(records: list[dict], eval_fraction: float, seed: int = 0, key: str | None = None) -> tuple[list, list]:
-    """Deterministic (train, eval) split by group, keeping the input order within each side.
+def dataset_name(spec: str) -> str:
+    """The one spelling of a named data set ("qa_feedback" -> "qa-feedback"); anything else unchanged."""
+    name = str(spec).replace("_", "-")
+    return name if name in PREFERENCE_DATASETS + SFT_DATASETS + PROMPT_DATASETS else str(spec)
 
-    key: the record field that defines a group (default: "question_id" if records have
-    it, else "prompt", else each record alone). Groups are ranked by sha256(seed, key)
-    and the first round(eval_fraction * n_groups) go to eval, so the result does not
-    depend on the order of the records and no group is on both sides.
+
+def _unknown(spec: str, names: tuple[str, ...], what: str) -> DataError:
+    return DataError(spec, None, f"unknown {what}: use one of {names}, a .jsonl / .json / .csv / .parquet file, "
+                                 "or a Hugging Face Hub data set id (owner/name)")
+
+
+def _is_source(spec: str) -> bool:
+    """A local file of a supported type (existing or not: a typo should say "file not found"), or a Hub id."""
+    return Path(spec).expanduser().is_file() or _format(Path(spec)) is not None or _is_hub_id(spec)
+
+
+def load_preference_records(dataset: str, limit: int | None = None) -> list[dict]:
+    """{prompt, chosen, rejected} records of a named data set, a TRL-schema file or a Hub id."""
+    name = dataset_name(dataset)
+    if name == "hh-rlhf":
+        records = load_hh_rlhf(limit=limit)
+    elif name == "qa-feedback":
+        records = load_qa_feedback_preferences()
+    elif name == "demo":
+        records = load_demo_set().preferences
+    elif _is_source(dataset):
+        records = load_preference_file(dataset)
+    else:
+        raise _unknown(dataset, PREFERENCE_DATASETS, "preference data set")
+    records = [dict(r) for r in records]
+    return records[:limit] if limit else records
+
+
+def qa_feedback_sft_records(path=None) -> list[dict]:
+    """QA-Feedback sft.json: ``text`` (question + passages) -> ``answer`` (a list of answers; the first is used)."""
+    path = Path(path) if path else shared_data_dir() / "qa_feedback" / "sft.json"
+    if not path.is_file():
+        raise DataError(path, None, "file not found: place the real data in ../shared/data or set RLHF_WORKBENCH_DATA")
+    rows = []
+    for i, r in enumerate(load_rows(path)):
+        answer = r.get("answer")
+        if isinstance(answer, str) and answer.startswith("["):
+            try:
+                answer = json.loads(answer)
+            except ValueError:
+                pass
+        if isinstance(answer, list):
+            answer = answer[0] if answer else None
+        if not isinstance(r.get("text"), str) or not isinstance(answer, str):
+            raise DataError(path, i, "needs 'text' and 'answer'")
+        rows.append({"prompt": r["text"], "completion": answer.strip()})  # the prompt of the QA-Feedback pairs
+    return rows
+
+
+def load_sft_records(dataset: str, limit: int | None = None) -> list[dict]:
+    """{prompt, completion} records: QA-Feedback sft.json, a preference set's chosen responses, or a file / Hub id.
+
+    A file whose records have ``completion`` is read as prompt/completion; one in the TRL
+    preference schema gives its chosen responses.
     """
-    if not 0.0 <= eval_fraction <= 1.0:
-        raise ValueError(f"eval_fraction must be in [0, 1], got {eval_fraction}")
-    if key is None and records:
-        key = next((k for k in ("question_id", "prompt") if k in records[0]), None)
-    groups = [json.dumps(r[key], sort_keys=True, default=str) if key else str(i) for i, r in enumerate(records)]
-    unique = sorted(set(groups), key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
-    held_out = set(unique[: round(eval_fraction * len(unique))])
-    train = [r for r, g in zip(records, groups) if g not in held_out]
-    evals = [r for r, g in zip(records, groups) if g in held_out]
-    return train, evals
+    name = dataset_name(dataset)
+    if name == "qa-feedback":
+        records = qa_feedback_sft_records()
+    elif name not in PREFERENCE_DATASETS and _is_source(dataset):
+        rows = load_rows(dataset)
+        if rows and "completion" not in rows[0]:
+            records = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in load_preference_file(dataset, rows)]
+        else:
+            for i, r in enumerate(rows):
+                for key in ("prompt", "completion"):
+                    _field(r, key, dataset, i, _check_turns)
+            records = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+    elif name in PREFERENCE_DATASETS:
+        records = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in load_preference_records(name, limit)]
+    else:
+        raise _unknown(dataset, SFT_DATASETS, "SFT data set")
+    return records[:limit] if limit else records
+
+
+def _text_field(path, rows: Rows, field: str) -> list[str]:
+    """One non-empty string per row: the ``field`` of each record, or each line of a .txt file."""
+    if _format(Path(str(path))) == "text":
+        return [r["text"].strip() for r in rows if r.get("text", "").strip()]
+    for i, r in enumerate(rows):
+        if not isinstance(r.get(field), str) or not r[field].strip():
+            raise DataError(path, i, f"needs a non-empty '{field}' string")
+    return [r[field] for r in rows]
+
+
+def load_prompts(spec: str, n: int, seed: int = 0) -> list[str]:
+    """Up to n prompts (deterministic order) from a named set, a .txt file (one per line), or a file / Hub id with 'prompt'."""
+    name = dataset_name(spec)
+    if name == "davidson":
+        return provocative_prompts(n, seed=seed)
+    if name == "demo":
+        prompts = load_demo_set().detox_prompts
+    elif name == "hh-rlhf":
+        prompts = list(dict.fromkeys(r["prompt"] for r in load_hh_rlhf(limit=4 * n)))
+    elif _is_source(spec):
+        prompts = _text_field(spec, load_rows(spec), "prompt")
+        random.Random(seed).shuffle(prompts)
+    else:
+        raise _unknown(spec, PROMPT_DATASETS, "prompt set")
+    return prompts[:n]
+
+
+def load_ptx_texts(spec: str) -> list[str]:
+    """Texts for PPO's ptx term: QA-Feedback SFT answers, the demo responses, a .txt file, or a file / Hub id with 'text'."""
+    name = dataset_name(spec)
+    if name == "qa-feedback":
+        texts = [r["completion"] for r in qa_feedback_sft_records()]  # the SFT answers
+    elif name == "demo":
+        texts = [r["response"] for r in load_demo_set().spans]
+    elif _is_source(spec):
+        texts = _text_field(spec, load_rows(spec), "text")
+    else:
+        raise _unknown(spec, PTX_DATASETS, "ptx data set")
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise DataError(spec, None, "holds no text")
+    return texts
+
+
+# ----------------------------------------------------------------------------- demo set
 
 
 @dataclass
@@ -369,7 +629,7 @@ def load_demo_set(folder=None) -> DemoSet:
     folder = Path(folder) if folder else demo_data_dir()
     path = folder / "demo.jsonl"
     spans, prefs = [], []
-    for i, obj in _iter_jsonl(path):
+    for i, obj in enumerate(load_rows(path)):
         _field(obj, "prompt", path, i)
         response = _field(obj, "response", path, i)
         spans.append({"question_id": i, "question": obj.get("question", obj["prompt"]), "prompt": obj["prompt"],
@@ -380,5 +640,5 @@ def load_demo_set(folder=None) -> DemoSet:
             prefs.append({"prompt": obj["prompt"], "question_id": i, "chosen": _field(obj, "chosen", path, i),
                           "rejected": _field(obj, "rejected", path, i)})
     detox_path = folder / "detox_prompts.jsonl"
-    detox = [_field(o, "prompt", detox_path, i) for i, o in _iter_jsonl(detox_path)]
+    detox = [_field(o, "prompt", detox_path, i) for i, o in enumerate(load_rows(detox_path))]
     return DemoSet(spans=spans, preferences=prefs, detox_prompts=detox)

@@ -15,7 +15,8 @@ What it does
 - Reward models are ``AutoModelForSequenceClassification`` with one label on any
   backbone; ``core.value_head.CausalLMWithValueHead`` adds a value head to a policy.
 - LoRA through ``peft``: ``apply_lora``; the reference policy is then the same
-  backbone with adapters disabled (``reference_mode``), one copy in memory.
+  backbone with adapters disabled (``reference_mode``), one copy in memory;
+  ``train_only_last_layers`` freezes the adapters of all but the last blocks.
 - A PEFT adapter folder (what a LoRA run exports, ``core.export``) loads as its base
   model with the adapter merged in: ``load_causal_lm(RUN_FOLDER / "model")``.
 
@@ -371,6 +372,25 @@ def apply_lora(model, settings: LoraSettings | None = None, task_type: str = "CA
         r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=list(s.target_modules), task_type=task_type
     )
     return get_peft_model(model, config)
+
+
+def train_only_last_layers(model, n_layers: int) -> None:
+    """Freeze the LoRA adapters of all but the last ``n_layers`` transformer blocks (0: keep all trainable).
+
+    Backpropagation then stops at the lowest trainable block, so a step costs a forward
+    pass plus the backward pass of n_layers blocks only: the fast setting on a CPU.
+    """
+    import re
+
+    if n_layers <= 0:
+        return
+    index = {n: int(m.group(1)) for n, _ in model.named_parameters() if (m := re.search(r"\.layers\.(\d+)\.", n))}
+    if not index:
+        raise ValueError("lora_layers needs a model whose blocks are named '...layers.<i>...'; set lora_layers=0")
+    first = max(index.values()) + 1 - n_layers
+    for name, p in model.named_parameters():
+        if p.requires_grad and index.get(name, first) < first:
+            p.requires_grad_(False)
 
 
 def is_peft_model(model) -> bool:

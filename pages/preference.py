@@ -2,7 +2,7 @@
 
 What it shows: pick DPO (β, label smoothing = conservative DPO) or SimPO (β, γ/β) and a
 data set (the built-in demo pairs, HH-RLHF, or an uploaded TRL-schema .jsonl validated
-by ``core.data.load_preference_jsonl``); "Run" starts ``train_dpo``/``train_simpo`` in a
+by ``core.data.load_preference_file``); "Run" starts ``train_dpo``/``train_simpo`` in a
 background thread; the curves of rewards/chosen, rewards/rejected, rewards/margins and
 rewards/accuracies poll the run store. A scatter of the implicit reward against response
 length for held-out pairs shows why SimPO averages: a summed log-probability falls
@@ -54,7 +54,7 @@ def dataset_choice():
     path = folder / f"{hashlib.sha256(raw).hexdigest()[:16]}.jsonl"
     path.write_bytes(raw)
     try:
-        records = data.load_preference_jsonl(path)
+        records = data.load_preference_file(path)
     except (data.DataError, UnicodeDecodeError) as exc:
         st.error(f"'{upload.name}' is not usable preference data: {exc}. Fix the file (one JSON object per line with "
                  "prompt, chosen and rejected) and upload it again.")

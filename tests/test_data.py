@@ -1,4 +1,5 @@
-"""Loaders: counts and first records of the real files, the demo set, the split, and DataError on bad input."""
+"""Loaders: counts and first records of the real files, the demo set, reading every file format through
+`datasets`, the grouped split, counted filtering, the named sets the trainers read, and DataError on bad input."""
 
 import gzip
 import json
@@ -7,12 +8,14 @@ import pytest
 
 from core.data import (
     DataError,
+    filter_records,
     load_davidson,
     load_demo_set,
     load_hh_rlhf,
-    load_preference_jsonl,
+    load_preference_file,
     load_qa_feedback_preferences,
     load_qa_feedback_spans,
+    load_rows,
     provocative_prompts,
     split,
     tweet_opening,
@@ -94,6 +97,27 @@ def test_split_is_deterministic_and_grouped():
     assert split(recs, 0.0)[1] == [] and split(recs, 1.0)[0] == []
 
 
+def test_split_by_size_is_grouped_and_never_takes_the_only_group():
+    recs = [{"prompt": f"p{i // 2}", "x": i} for i in range(10)]  # 5 prompts, 2 records each
+    train, held = split(recs, eval_size=3, seed=0)
+    assert len(held) == 4 and len(train) == 6  # whole prompts until >= 3 records
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
+    assert split(recs, eval_size=3, seed=0) == (train, held) and split(recs, eval_size=3, seed=1) != (train, held)
+    assert split(recs, eval_size=0, seed=0) == (recs, [])
+    assert split(recs, eval_size=100, seed=0)[0] != []  # the last group always trains
+    assert split([{"prompt": "same"}] * 3, eval_size=1) == ([{"prompt": "same"}] * 3, [])
+    by_fn = split(recs, eval_size=3, seed=0, key=lambda r: r["prompt"])
+    assert by_fn == (train, held)
+    with pytest.raises(ValueError, match="exactly one"):
+        split(recs, 0.5, eval_size=2)
+
+
+def test_filter_records_counts_each_reason():
+    recs = [{"t": "a"}, {"t": ""}, {"t": "bb"}, {"t": "long text"}, {"t": ""}]
+    kept = filter_records(recs, empty=lambda r: not r["t"], too_long=lambda r: len(r["t"]) > 3)
+    assert kept == [{"t": "a"}, {"t": "bb"}] and kept.skipped == {"empty": 2, "too_long": 1}
+
+
 def test_demo_set():
     demo = load_demo_set()
     assert len(demo.spans) == 14 and len(demo.preferences) == 10 and len(demo.detox_prompts) == 8
@@ -122,7 +146,7 @@ def test_preference_jsonl_ok_and_chat(tmp_path):
     path = _write(tmp_path, "ok.jsonl", [json.dumps({"prompt": "P", "chosen": "A", "rejected": "B"}), "",
                                          json.dumps({"prompt": chat, "chosen": [{"role": "assistant", "content": "Yo"}],
                                                      "rejected": "no"})])
-    recs = load_preference_jsonl(path)
+    recs = load_preference_file(path)
     assert len(recs) == 2 and recs[1]["prompt"] == chat
 
 
@@ -131,12 +155,12 @@ def test_preference_jsonl_ok_and_chat(tmp_path):
     ([{"prompt": "p", "chosen": "  ", "rejected": "b"}], 0, "'chosen' is empty"),
     ([{"prompt": "p", "chosen": [{"content": "x"}], "rejected": "b"}], 0, "message 0 must be a dict with 'role'"),
     (["this is not json"], 0, "line 1 is not JSON"),
-    ([[1, 2]], 0, "JSON list, not an object"),
+    ([{"prompt": "p", "chosen": "a", "rejected": "b"}, [1, 2]], 1, "line 2 is a JSON list, not an object"),
 ])
 def test_preference_jsonl_errors(tmp_path, lines, index, problem):
     path = _write(tmp_path, "bad.jsonl", [x if isinstance(x, str) else json.dumps(x) for x in lines])
     with pytest.raises(DataError) as e:
-        load_preference_jsonl(path)
+        load_preference_file(path)
     assert str(path) in str(e.value) and f"record {index}" in str(e.value) and problem in str(e.value)
     assert e.value.index == index
 
@@ -176,3 +200,91 @@ def test_other_file_errors(tmp_path):
         load_hh_rlhf(hh)
     with pytest.raises(DataError, match="file not found"):
         load_davidson(tmp_path / "nope.csv")
+
+
+# ----------------------------------------------------------------------------- file formats through `datasets`
+
+ROWS = [{"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5"},
+        {"prompt": "Capital of France?", "chosen": "Paris", "rejected": "Rome"},
+        {"prompt": "Name a fruit.", "chosen": "Apple", "rejected": "Chair"}]
+
+
+def test_jsonl_csv_parquet_and_gzip_round_trip(tmp_path):
+    import pandas as pd
+
+    df = pd.DataFrame(ROWS)
+    df.to_json(tmp_path / "p.jsonl", orient="records", lines=True)
+    df.to_csv(tmp_path / "p.csv", index=False)
+    df.to_parquet(tmp_path / "p.parquet")
+    (tmp_path / "p.json").write_text(json.dumps(ROWS))
+    with gzip.open(tmp_path / "p.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in ROWS))
+    for name in ("p.jsonl", "p.csv", "p.parquet", "p.json", "p.jsonl.gz"):
+        assert load_preference_file(tmp_path / name) == ROWS, name
+    rows = load_rows(tmp_path / "p.csv")
+    assert rows.columns == ["prompt", "chosen", "rejected"]
+
+
+def test_csv_keeps_cells_as_written(tmp_path):
+    (tmp_path / "t.csv").write_text("prompt,chosen,rejected\nNA,null,\n")
+    assert list(load_rows(tmp_path / "t.csv")) == [{"prompt": "NA", "chosen": "null", "rejected": ""}]
+
+
+def test_an_edited_file_is_read_afresh(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n")
+    assert len(load_rows(path)) == 1
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))  # same name, same second
+    assert len(load_rows(path)) == 3
+
+
+def test_absent_fields_stay_absent_and_mixed_types_load(tmp_path):
+    chat = [{"role": "user", "content": "Hi"}]
+    path = _write(tmp_path, "m.jsonl", [json.dumps({"prompt": "P", "chosen": "A", "rejected": "B", "source": "x"}),
+                                        json.dumps({"prompt": chat, "chosen": "Yo", "rejected": "no"})])
+    rows = load_rows(path)
+    assert rows[0]["source"] == "x" and "source" not in rows[1] and rows[1]["prompt"] == chat
+
+
+@pytest.mark.parametrize("text, index, problem", [
+    ('{"prompt": "a", "chosen": "b", "rejected": "c"}\n\n{"prompt": "a", "chosen": "b"\n', 1, "line 3 is not JSON"),
+    ('{"prompt": "a", "chosen": "b", "rejected": "c"}\n"just a string"\n', 1, "line 2 is a JSON str, not an object"),
+])
+def test_malformed_jsonl_line_names_file_record_and_line(tmp_path, text, index, problem):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(text)
+    with pytest.raises(DataError) as e:
+        load_rows(path)
+    assert str(e.value).startswith(f"{path}, record {index}: {problem}") and e.value.index == index
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    (tmp_path / "bad.csv").write_text('a,b\n1,"unterminated\n')
+    with pytest.raises(DataError, match=r"bad.csv: cannot be read as CSV"):
+        load_rows(tmp_path / "bad.csv")
+    (tmp_path / "x.xml").write_text("<a/>")
+    with pytest.raises(DataError, match="unsupported file type"):
+        load_rows(tmp_path / "x.xml")
+    with pytest.raises(DataError, match="file not found"):
+        load_rows(tmp_path / "sub" / "none.jsonl")  # a missing path is never taken for a Hub id
+    with pytest.raises(DataError, match="owner/no-such-set: not a local file, and the Hugging Face Hub data set"):
+        load_rows("owner/no-such-set")  # offline in the tests
+
+
+def test_named_sets_have_one_spelling(tmp_path):
+    from core.data import dataset_name, load_preference_records, load_prompts, load_ptx_texts, load_sft_records
+
+    assert dataset_name("qa_feedback") == dataset_name("qa-feedback") == "qa-feedback"
+    assert dataset_name("hh_rlhf") == "hh-rlhf" and dataset_name("my_file.jsonl") == "my_file.jsonl"
+    assert load_preference_records("demo") == [dict(r) for r in load_demo_set().preferences]
+    assert load_sft_records("demo", limit=2) == [{"prompt": r["prompt"], "completion": r["chosen"]}
+                                                 for r in load_demo_set().preferences[:2]]
+    with pytest.raises(DataError, match="unknown preference data set: use one of"):
+        load_preference_records("qa feedback")
+    (tmp_path / "p.txt").write_text("first prompt\n\n  second prompt \n")
+    assert sorted(load_prompts(str(tmp_path / "p.txt"), 5)) == ["first prompt", "second prompt"]
+    prompts = _write(tmp_path, "p.jsonl", [json.dumps({"prompt": "a"}), json.dumps({"prompt": " "})])
+    with pytest.raises(DataError, match=r"p.jsonl, record 1: needs a non-empty 'prompt' string"):
+        load_prompts(str(prompts), 5)
+    (tmp_path / "t.csv").write_text("text\nsome text\n")
+    assert load_ptx_texts(str(tmp_path / "t.csv")) == ["some text"]

@@ -234,7 +234,7 @@ def test_non_finite_loss_fails_clearly_and_keeps_the_run(config):
 
 def test_prompt_file_rows_without_prompt_name_file_and_record(tmp_path):
     from core.data import DataError
-    from core.trainers.ppo import load_prompts
+    from core.data import load_prompts
 
     path = tmp_path / "prompts.jsonl"
     path.write_text('{"prompt": "Tell me about cats."}\n{"question": "no prompt field"}\n')

@@ -227,7 +227,7 @@ def test_real_data_training_paths(shared_data, tmp_path):
     from core.trainers.finegrained import FineGrainedConfig, train_finegrained_rm
     from core.trainers.reward import RewardConfig, train_reward_model
 
-    for dataset, category in (("hh_rlhf", ""), ("qa_feedback", "C3")):
+    for dataset, category in (("hh-rlhf", ""), ("qa-feedback", "C3")):
         run = train_reward_model(RewardConfig(model_name_or_path="tiny-random-llama", dataset=dataset, category=category,
                                               limit=12, num_epochs=2, max_length=48, save_dir=str(tmp_path / f"rm-{dataset}"),
                                               progress=False))

@@ -66,31 +66,70 @@ def _final_weights(run):
 
 
 def test_collate_preferences_by_hand():
-    from core.trainers.preference_data import PreferenceExample, collate_preferences
+    from core.trainers.batching import PreferenceExample, collate_preferences
 
     ex = [PreferenceExample([5, 6], [7], [8, 9], "", "", ""), PreferenceExample([5], [7, 7, 7], [9], "", "", "")]
     b = collate_preferences(ex, pad_id=0)
     # rows: chosen_0, chosen_1, rejected_0, rejected_1, left-padded to the longest row (4)
     assert b["input_ids"].tolist() == [[0, 5, 6, 7], [5, 7, 7, 7], [5, 6, 8, 9], [0, 0, 5, 9]]
     assert b["attention_mask"].tolist() == [[0, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]]
-    assert b["position_ids"].tolist() == [[0, 0, 1, 2], [0, 1, 2, 3], [0, 1, 2, 3], [0, 0, 0, 1]]
     assert b["completion_mask"].tolist() == [[0, 0, 0, 1], [0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1]]
     assert b["completion_lengths"].tolist() == [1, 3, 2, 1]
+    assert set(b) == {"input_ids", "attention_mask", "completion_mask", "completion_lengths"}  # positions come from the mask
 
 
 def test_tokenize_truncates_prompt_left_and_drops_long_pairs(tokenizer):
-    from core.trainers.preference_data import tokenize_preferences
+    from core.trainers.batching import tokenize_preferences
 
     records = [{"prompt": "one two three four five six seven", "chosen": "yes", "rejected": "no"},
                {"prompt": "hi", "chosen": "word " * 80, "rejected": "no"}]
     out = tokenize_preferences(tokenizer, records, max_length=16, max_prompt_length=3)
-    assert len(out) == 1  # the second pair's chosen response does not fit: dropped, not cut
+    assert len(out) == 1 and out.dropped == 1  # the second pair's chosen response does not fit: dropped, not cut
     assert out[0].prompt_ids == tokenizer(records[0]["prompt"])["input_ids"][-3:]
     assert out[0].chosen_ids[-1] == tokenizer.eos_token_id
 
 
+def _with_long_pairs(tmp_path, long=(0, 3, 6)):
+    """PAIRS with the chosen response of pairs ``long`` too long for max_length=64 (held out with eval_size=4, seed=0: 2, 3, 6, 7)."""
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "chosen": "word " * 80 if i in long else c, "rejected": r}) + "\n"
+                            for i, (p, c, r) in enumerate(PAIRS)))
+    return path
+
+
+def test_over_length_pairs_are_counted_per_split(tokenizer, tmp_path):
+    from types import SimpleNamespace
+
+    from core.data import load_preference_records
+    from core.trainers.batching import tokenize_preferences, train_eval_examples
+
+    records = load_preference_records(str(_with_long_pairs(tmp_path)))
+    config = SimpleNamespace(max_length=64, max_prompt_length=32, eval_size=4, seed=0, train_size=0)
+    train, held_out, dropped = train_eval_examples(tokenize_preferences, tokenizer, records, config)
+    assert dropped == {"data/dropped_train": 1, "data/dropped_eval": 2}  # pair 0 trains, pairs 3 and 6 are held out
+    assert [e.prompt for e in held_out] == [PAIRS[2][0], PAIRS[7][0]]
+    assert len(train) == 5 and not {e.prompt for e in train} & {e.prompt for e in held_out}  # 6 train records, 1 dropped
+    train, _, _ = train_eval_examples(tokenize_preferences, tokenizer, records, SimpleNamespace(**{**vars(config), "train_size": 4}))
+    assert len(train) == 4
+
+
+def test_dropped_pairs_are_logged_stored_and_printed(tiny_model_path, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from core.trainers.common import cli_main
+    from core.trainers.dpo import DPOConfig, train_dpo
+
+    run = train_dpo(_dpo_config(tiny_model_path, _with_long_pairs(tmp_path), eval_size=4, num_steps=1, save_every=0))
+    first = run.metrics()[0]
+    assert first["step"] == 0 and (first["data/dropped_train"], first["data/dropped_eval"]) == (1, 2)
+    assert "eval/loss" in first and not any("data/dropped_train" in r for r in run.metrics()[1:])
+    monkeypatch.setattr(sys, "argv", ["dpo", "--max-length", "64"])
+    cli_main(DPOConfig, lambda config, on_log: on_log(0, {"data/dropped_train": 1.0, "data/dropped_eval": 2.0}))
+    assert "dropped 1 training and 2 held-out records longer than max_length=64" in capsys.readouterr().out
+
+
 def test_batch_order_is_a_function_of_seed_and_step():
-    from core.trainers.preference_data import batch_indices
+    from core.trainers.batching import batch_indices
 
     a = [batch_indices(10, 3, s, m, 2, 2) for s in (1, 2, 3) for m in (0, 1)]
     b = [batch_indices(10, 3, s, m, 2, 2) for s in (1, 2, 3) for m in (0, 1)]
@@ -104,7 +143,8 @@ def test_batch_order_is_a_function_of_seed_and_step():
 
 def test_concatenated_forward_equals_separate_passes(tiny_model, tokenizer, pairs_file):
     from core.logprobs import completion_logprobs, sequence_logprobs
-    from core.trainers.preference_data import collate_preferences, completion_forward, load_preference_records, tokenize_preferences
+    from core.data import load_preference_records
+    from core.trainers.batching import collate_preferences, completion_forward, tokenize_preferences
 
     examples = tokenize_preferences(tokenizer, load_preference_records(str(pairs_file)), 64, 32)[:3]
     with torch.no_grad():
@@ -161,7 +201,8 @@ def test_ipo_and_conservative_dpo(tiny_model_path, pairs_file):
 def test_lora_reference_is_the_adapter_disabled_policy(tiny_model_path, tokenizer, pairs_file):
     from core.models import LoraSettings, apply_lora, load_causal_lm
     from core.trainers.dpo import reference_logps
-    from core.trainers.preference_data import load_preference_records, pair_logps, tokenize_preferences
+    from core.data import load_preference_records
+    from core.trainers.batching import pair_logps, tokenize_preferences
 
     examples = tokenize_preferences(tokenizer, load_preference_records(str(pairs_file)), 64, 32)[:4]
     config = _dpo_config(tiny_model_path, pairs_file, lora=True)

@@ -30,7 +30,7 @@ def _config(model, data, **kw):
 
 
 def test_loss_is_the_mean_nll_over_completion_tokens_only(tiny_model):
-    from core.trainers.preference_data import SFTExample, collate_sft
+    from core.trainers.batching import SFTExample, collate_sft
     from core.trainers.sft import completion_nll
 
     examples = [SFTExample([11, 12, 13], [14, 15], "", ""), SFTExample([21], [22, 23, 24], "", "")]
@@ -51,7 +51,8 @@ def test_sft_trains_and_changes_parameters(tiny_model_path, sft_file):
 
     from core.trainers.sft import train_sft
 
-    run = train_sft(_config(tiny_model_path, sft_file))
+    # seed 2 holds out "Q: 2+2? A: 4" (and "green") while "Q: 3+3? A: 6" trains: 3 steps lower the held-out loss
+    run = train_sft(_config(tiny_model_path, sft_file, seed=2))
     assert run.status()["status"] == "finished"
     rows = [r for r in run.metrics() if "loss" in r]
     assert len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)

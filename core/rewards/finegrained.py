@@ -7,7 +7,7 @@ the token where the segment ends:
 
     C1  irrelevance, repetition, incoherence   one judgement per SUB-SENTENCE
     C2  incorrect or unverifiable facts        one judgement per SENTENCE
-    C3  incompleteness                         a preference RM (core.trainers.reward, dataset="qa_feedback")
+    C3  incompleteness                         a preference RM (core.trainers.reward, dataset="qa-feedback")
 
 and the reward of segment j of category k, placed on its last token (eq. 1), is
 

@@ -7,6 +7,8 @@ would otherwise be copied into each of them.
   and ``failed`` with a one-line explanation on any exception (CUDA out of memory,
   a non-finite loss, bad data), leaving the last checkpoint and metrics intact.
 - ``check_finite(loss, step)``: raises ``NonFiniteLossError`` naming the step.
+- ``save_checkpoint`` / ``restore_checkpoint``: trainable weights, optimizer and RNG state;
+  ``learning_rate_at``: the warm-up schedule as a pure function of the step.
 - ``Logger``: forwards metrics to the run store, the ``on_log`` callback and, when
   configured, ``accelerate`` trackers (TensorBoard, W&B, trackio).
 """
@@ -62,6 +64,34 @@ def check_finite(loss, step: int) -> None:
             f"the loss became {value} at step {step}. Lower the learning rate, clip gradients (max_grad_norm), "
             "or check the data for empty responses; the run stopped and its last checkpoint is kept."
         )
+
+
+def restore_checkpoint(folder, model, optimizer) -> None:
+    """Trainable weights, optimizer state and RNG state of a checkpoint folder (call before accelerator.prepare)."""
+    import json
+    from pathlib import Path
+
+    from core.checkpoint import load_optimizer_tensors, load_trainable_state_dict, set_rng_state
+
+    load_trainable_state_dict(model, folder)
+    load_optimizer_tensors(optimizer, folder)
+    state = json.loads((Path(folder) / "trainer_state.json").read_text())
+    if "rng" in state:
+        set_rng_state(state["rng"])
+
+
+def save_checkpoint(run, step: int, model, optimizer, keep: int = 2) -> None:
+    """Trainable weights + optimizer + RNG state as ``checkpoints/step-N`` (main process only: run is None elsewhere)."""
+    if run is None:
+        return
+    from core.checkpoint import rng_state, trainable_state_dict
+
+    run.save_checkpoint(step, trainable_state_dict(model), optimizer=optimizer, state={"rng": rng_state()}, keep=keep)
+
+
+def learning_rate_at(step: int, learning_rate: float, warmup_steps: int) -> float:
+    """Linear warm-up over ``warmup_steps`` optimizer steps, then constant (a pure function of the step)."""
+    return learning_rate * min(1.0, step / warmup_steps) if warmup_steps > 0 else learning_rate
 
 
 def explain_exception(exc: BaseException) -> str:
@@ -185,6 +215,9 @@ def cli_main(config_class, train, desc=lambda config: "train", shown=("loss",)) 
     bar = tqdm(total=config.num_steps, desc=desc(config))
 
     def on_log(step, metrics):
+        if "data/dropped_train" in metrics:  # records that did not fit max_length (or had an empty response)
+            bar.write(f"dropped {metrics['data/dropped_train']:.0f} training and {metrics['data/dropped_eval']:.0f} held-out "
+                      f"records longer than max_length={getattr(config, 'max_length', '?')} (or with an empty response)")
         bar.update(step - bar.n)
         bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if k in shown})
 

@@ -244,7 +244,7 @@ def train_finegrained_rm(config: FineGrainedConfig, on_log=None, *, run: Run | N
                     "positive_reward": config.positive_reward, "negative_reward": config.negative_reward,
                     "threshold": config.threshold, "normalisation": {"mean": 0.0, "std": 1.0},
                     "base_model": config.model_name_or_path, "backbone_frozen": config.freeze_backbone,
-                    "training": {"dataset": "qa_feedback", "run": str(run.path), **figures}}
+                    "training": {"dataset": "qa-feedback", "run": str(run.path), **figures}}
             folder = Path(config.save_dir) if config.save_dir else reward_models_dir() / name
             save_reward_model(model, tokenizer, meta, folder)
             run.set_status("running", model_path=str(folder))

@@ -49,12 +49,12 @@ import copy
 import json
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from core.checkpoint import load_optimizer_tensors, load_trainable_state_dict, rng_state, set_rng_state, trainable_state_dict
+from core.data import load_prompts, load_ptx_texts
 from core.losses import ppo_policy_loss, ppo_value_loss, ptx_loss
 from core.models import DEFAULT_MODEL
 from core.rl import AdaptiveKLController, FixedKLController, gae, kl_penalized_rewards, masked_mean, masked_whiten
@@ -135,7 +135,7 @@ class PPOConfig:
     ptx_coef: float = 0.0
     """gamma of PPO-ptx (0 = plain PPO, the ptx data is then not even loaded)"""
     ptx_dataset: str = "qa-feedback"
-    """text for the ptx term: 'qa_feedback' (SFT answers), 'demo', or a .txt / .jsonl ('text') path"""
+    """text for the ptx term: 'qa-feedback' (SFT answers), 'demo', or a .txt / .jsonl ('text') path"""
     ptx_batch_size: int = 4
     """texts per ptx term, per micro-batch"""
     ptx_max_tokens: int = 64
@@ -178,34 +178,6 @@ def short_ppo_config(**overrides) -> PPOConfig:
 # ---------------------------------------------------------------------------- data
 
 
-def load_prompts(spec: str, n: int, seed: int = 0) -> list[str]:
-    """Up to n prompts from a named set or a .txt / .jsonl file (deterministic order)."""
-    import random
-
-    if spec == "davidson":
-        from core.data import provocative_prompts
-
-        return provocative_prompts(n, seed=seed)
-    if spec == "demo":
-        from core.data import load_demo_set
-
-        prompts = load_demo_set().detox_prompts
-    elif spec == "hh-rlhf":
-        from core.data import load_hh_rlhf
-
-        prompts = list(dict.fromkeys(r["prompt"] for r in load_hh_rlhf(limit=4 * n)))
-    else:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise TrainingError(f"prompts {spec!r}: not 'davidson', 'demo', 'hh-rlhf' nor an existing .txt/.jsonl file")
-        if path.suffix == ".jsonl":
-            prompts = [_jsonl_field(path, i, line, "prompt") for i, line in enumerate(path.read_text().splitlines()) if line.strip()]
-        else:
-            prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        random.Random(seed).shuffle(prompts)
-    return prompts[:n]
-
-
 def iteration_generator(seed: int, iteration: int, process_index: int = 0) -> torch.Generator:
     """The generator of one PPO iteration: its prompt batch, minibatch order and ptx texts (resumes see the same)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + iteration * 1009 + process_index)
@@ -215,41 +187,6 @@ def iteration_prompts(train_prompts: list[str], batch_size: int, g: torch.Genera
     """The batch_size prompts of one iteration: a random permutation of the training prompts (cycled if fewer)."""
     order = torch.randperm(len(train_prompts), generator=g)
     return [train_prompts[order[j % len(order)]] for j in range(batch_size)]
-
-
-def _jsonl_field(path: Path, index: int, line: str, field: str) -> str:
-    """One string field of a JSON-lines row, or a DataError naming the file and the record."""
-    from core.data import DataError
-
-    try:
-        value = json.loads(line).get(field)
-    except (ValueError, AttributeError):
-        raise DataError(path, index, "not a JSON object (the file must be JSON lines)") from None
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(path, index, f"needs a non-empty '{field}' string")
-    return value
-
-
-def load_ptx_texts(spec: str) -> list[str]:
-    """Texts for the ptx term: QA-Feedback SFT answers, the demo responses, or a .txt / .jsonl file."""
-    if spec in ("qa-feedback", "qa_feedback"):
-        from core.trainers.preference_data import qa_feedback_sft_records
-
-        texts = [r["completion"] for r in qa_feedback_sft_records()]  # the SFT answers
-    elif spec == "demo":
-        from core.data import load_demo_set
-
-        texts = [r["response"] for r in load_demo_set().spans]
-    else:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise TrainingError(f"ptx_dataset {spec!r}: not 'qa-feedback', 'demo' nor an existing file")
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        texts = [_jsonl_field(path, i, line, "text") for i, line in enumerate(lines)] if path.suffix == ".jsonl" else lines
-    texts = [t for t in texts if isinstance(t, str) and t.strip()]
-    if not texts:
-        raise TrainingError(f"ptx_dataset {spec!r} holds no text")
-    return texts
 
 
 def ptx_batch(tokenizer, texts: list[str], n: int, max_tokens: int, generator: torch.Generator, device):

@@ -116,20 +116,11 @@ class RewardConfig:
 
 def _load_pairs(config: RewardConfig) -> tuple[list[dict], str]:
     """(records, separator) for config.dataset."""
-    from core import data
+    from core.data import dataset_name, load_preference_records
 
-    limit = config.limit or None
-    dataset = config.dataset.replace("_", "-") if not config.dataset.endswith(".jsonl") else config.dataset
-    if dataset == "hh-rlhf":
-        return list(data.load_hh_rlhf(limit=limit)), " "
-    if dataset == "qa-feedback":
-        recs = list(data.load_qa_feedback_preferences())
-        return (recs[:limit] if limit else recs), " answer: "  # FineGrainedRLHF's RM input: "{prompt} answer: {y}"
-    path = Path(config.dataset)
-    if path.suffix in (".jsonl", ".json") or path.is_file():
-        recs = data.load_preference_jsonl(path)
-        return (recs[:limit] if limit else recs), " "
-    raise TrainingError(f"unknown dataset {config.dataset!r}: use 'hh-rlhf', 'qa-feedback' or a path to a .jsonl file")
+    records = load_preference_records(config.dataset, limit=config.limit or None)
+    # FineGrainedRLHF's RM input for QA-Feedback: "{prompt} answer: {y}"
+    return records, " answer: " if dataset_name(config.dataset) == "qa-feedback" else " "
 
 
 def _default_name(config: RewardConfig) -> str:
@@ -137,7 +128,9 @@ def _default_name(config: RewardConfig) -> str:
         return config.name
     if config.category == "C3":
         return "c3-completeness"
-    dataset = config.dataset.replace("_", "-")
+    from core.data import dataset_name
+
+    dataset = dataset_name(config.dataset)
     return f"holistic-{Path(config.dataset).stem if dataset not in ('hh-rlhf', 'qa-feedback') else dataset.replace('-', '_')}"
 
 

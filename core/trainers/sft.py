@@ -108,7 +108,7 @@ class SFTConfig:
 
 def completion_nll(model, batch):
     """(summed NLL over completion tokens (), number of completion tokens ()) of one (B, T) batch."""
-    from core.trainers.preference_data import completion_forward
+    from core.trainers.batching import completion_forward
 
     per_token_logps, mask = completion_forward(model, batch)  # (B, K), (B, K)
     return -(per_token_logps * mask).sum(), mask.sum()
@@ -118,7 +118,7 @@ def evaluate(model, examples, config: SFTConfig, tokenizer, accelerator=None):
     """Held-out ``eval/loss`` (token mean) and ``eval/sft/perplexity``, and sample rows with greedy answers."""
     import torch
 
-    from core.trainers.preference_data import collate_sft, completion_forward, row_values, token_strings
+    from core.trainers.batching import collate_sft, completion_forward, row_values, token_strings
 
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     mine = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids) + len(examples[i].completion_ids))[rank::world]
@@ -156,10 +156,11 @@ def train_sft(config: SFTConfig, on_log: OnLog | None = None):
     """Supervised fine-tuning with a completion-only loss; returns the ``Run`` (None on non-main DDP processes)."""
     import torch
 
+    from core.data import load_sft_records
     from core.devices import make_accelerator
-    from core.models import LoraSettings, apply_lora, load_causal_lm, load_tokenizer
-    from core.trainers import preference_data as pd
-    from core.trainers.common import available_trackers
+    from core.models import LoraSettings, apply_lora, load_causal_lm, load_tokenizer, train_only_last_layers
+    from core.trainers.batching import batch_indices, collate_sft, epoch_at, tokenize_sft, train_eval_examples
+    from core.trainers.common import available_trackers, learning_rate_at, restore_checkpoint, save_checkpoint
 
     # ---- 1. setup: config (a resumed run keeps its own), accelerator, run folder
     config = resumed_config(config)
@@ -172,10 +173,9 @@ def train_sft(config: SFTConfig, on_log: OnLog | None = None):
         log = Logger(run, on_log if accelerator.is_main_process else None, accelerator)
         seed_everything(config.seed)
 
-        # ---- 2. data: records -> token ids -> (train, held-out); the order is a function of (seed, step)
+        # ---- 2. data: records -> (train, held-out) by prompt -> token ids (drops counted); the order is a function of (seed, step)
         tokenizer = load_tokenizer(config.model_name_or_path)
-        examples = pd.tokenize_sft(tokenizer, pd.load_sft_records(config.dataset), config.max_length, config.max_prompt_length)
-        train, held_out = pd.split_examples(examples, config.eval_size, config.seed, config.train_size)
+        train, held_out, dropped = train_eval_examples(tokenize_sft, tokenizer, load_sft_records(config.dataset), config)
         B, accum, world = config.batch_size, config.gradient_accumulation_steps, accelerator.num_processes
         num_steps = config.num_steps
         if config.num_epochs > 0:
@@ -190,16 +190,16 @@ def train_sft(config: SFTConfig, on_log: OnLog | None = None):
 
         # ---- 4. optimizer; resume weights, optimizer and RNG from the latest checkpoint
         if config.lora:  # after the reference pass: leaving peft's disable_adapter() re-enables every adapter
-            pd.train_only_last_layers(model, config.lora_layers)
+            train_only_last_layers(model, config.lora_layers)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = adamw(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         if checkpoint is not None:
-            pd.restore_checkpoint(checkpoint, model, optimizer)
+            restore_checkpoint(checkpoint, model, optimizer)
         model, optimizer = accelerator.prepare(model, optimizer)
 
         if start_step == 0:
             metrics, samples = evaluate(accelerator.unwrap_model(model), held_out, config, tokenizer, accelerator)
-            log(0, metrics)
+            log(0, {**dropped, **metrics})  # with data/dropped_train, data/dropped_eval
             if run is not None:
                 run.log_samples(0, samples)
 
@@ -207,14 +207,14 @@ def train_sft(config: SFTConfig, on_log: OnLog | None = None):
         for step in range(start_step + 1, num_steps + 1):
             t0 = time.perf_counter()
             model.train()
-            lr = pd.learning_rate_at(step, config.learning_rate, config.warmup_steps)
+            lr = learning_rate_at(step, config.learning_rate, config.warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             losses, non_pad, grad_norm = [], 0, torch.zeros(())
             for micro in range(accum):
                 # 5a. batch: B examples, left-padded to this batch's longest row
-                idx = pd.batch_indices(len(train), config.seed, step, micro, B, accum, accelerator.process_index, world)
-                batch = pd.collate_sft([train[i] for i in idx], tokenizer.pad_token_id)
+                idx = batch_indices(len(train), config.seed, step, micro, B, accum, accelerator.process_index, world)
+                batch = collate_sft([train[i] for i in idx], tokenizer.pad_token_id)
                 non_pad += int(batch["attention_mask"].sum())
                 with accelerator.accumulate(model):
                     # 5b. forward: completion-token NLL; 5c. loss: the token-level mean (the reduction)
@@ -234,7 +234,7 @@ def train_sft(config: SFTConfig, on_log: OnLog | None = None):
             non_pad = int(accelerator.reduce(torch.tensor(non_pad, device=accelerator.device), "sum"))
             step_s = time.perf_counter() - t0
             log(step, {"loss": float(loss), "sft/perplexity": math.exp(float(loss)), "grad_norm": float(grad_norm), "lr": lr,
-                       "epoch": pd.epoch_at(step, len(train), B, accum, world),
+                       "epoch": epoch_at(step, len(train), B, accum, world),
                        "time/step_s": step_s, "tokens/non_pad": non_pad, "tokens/per_second": non_pad / step_s})
 
             # 5f. evaluate on held-out examples; 5g. checkpoint
@@ -245,7 +245,7 @@ def train_sft(config: SFTConfig, on_log: OnLog | None = None):
                     run.log_samples(step, samples)
             if (config.save_every and step % config.save_every == 0) or step == num_steps:
                 accelerator.wait_for_everyone()
-                pd.save_checkpoint(run, step, accelerator.unwrap_model(model), optimizer)
+                save_checkpoint(run, step, accelerator.unwrap_model(model), optimizer)
         from core.export import export_model  # 6. export RUN_FOLDER/model (run is None off the main process)
         export_model(run, accelerator.unwrap_model(model), tokenizer, merge=config.export_merged)
         if config.trackers:
