@@ -127,7 +127,8 @@ def build_data(model: str, n_pairs: int, max_length: int, max_prompt_length: int
     if len(records) < n_pairs + 4:
         raise SystemExit(f"only {len(records)} HH-RLHF pairs fit max_length={max_length}")
     # ours' data step exactly (train_dpo's settings: eval_size=1, train_size=n_pairs)
-    settings = SimpleNamespace(max_length=max_length, max_prompt_length=max_prompt_length, eval_size=1, seed=seed, train_size=n_pairs)
+    settings = SimpleNamespace(max_length=max_length, max_prompt_length=max_prompt_length, eval_size=1, seed=seed,
+                               train_size=n_pairs)
     train, held_out, dropped = train_eval_examples(tokenize_preferences, tokenizer, records, settings)
     assert not any(dropped.values()), dropped
     index = {(r["prompt"], r["chosen"], r["rejected"]): i for i, r in enumerate(records)}

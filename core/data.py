@@ -182,7 +182,8 @@ def load_rows(source, hub_split: str = "train") -> Rows:
     kwargs = {"json": {"parse_agent_traces": False}, "csv": {"na_filter": False}, "text": {}, "parquet": {}}[fmt]
     with tempfile.TemporaryDirectory(prefix="rlhf-workbench-data-") as cache, _quiet_datasets() as datasets:
         def read(file):
-            table = datasets.load_dataset(fmt, data_files=str(file), split="train", cache_dir=cache, keep_in_memory=True, **kwargs)
+            table = datasets.load_dataset(fmt, data_files=str(file), split="train", cache_dir=cache, keep_in_memory=True,
+                                          **kwargs)
             return Rows((_without_nulls(r) for r in table.to_list()), table.column_names)
 
         try:

@@ -53,7 +53,8 @@ METRICS: dict[str, str] = {
     "fg/accuracy": "fraction of segments whose predicted label (error iff P(error) ≥ threshold) equals the human label",
     "fg/f1": "F1 of the erroneous class: 2·TP / (2·TP + FP + FN) over segments",
     # --- data (core/trainers/batching.py), logged once at step 0
-    "data/dropped_train": "training records left out: |prompt tokens (cut to max_prompt_length)| + |longest response tokens + EOS| > max_length, or an empty response",
+    "data/dropped_train": "training records left out because len(prompt tokens, cut to max_prompt_length) + "
+                          "len(longest response tokens + EOS) > max_length, or a response is empty",
     "data/dropped_eval": "held-out records left out, as data/dropped_train",
     # --- shared
     "loss": "the optimised loss for this step (mean over the batch)",

@@ -90,7 +90,7 @@ def test_tokenize_truncates_prompt_left_and_drops_long_pairs(tokenizer):
 
 
 def _with_long_pairs(tmp_path, long=(0, 3, 6)):
-    """PAIRS with the chosen response of pairs ``long`` too long for max_length=64 (held out with eval_size=4, seed=0: 2, 3, 6, 7)."""
+    """PAIRS, the chosen response of pairs ``long`` too long for max_length=64 (eval_size=4, seed=0 holds out 2, 3, 6, 7)."""
     path = tmp_path / "long.jsonl"
     path.write_text("".join(json.dumps({"prompt": p, "chosen": "word " * 80 if i in long else c, "rejected": r}) + "\n"
                             for i, (p, c, r) in enumerate(PAIRS)))
@@ -109,7 +109,8 @@ def test_over_length_pairs_are_counted_per_split(tokenizer, tmp_path):
     assert dropped == {"data/dropped_train": 1, "data/dropped_eval": 2}  # pair 0 trains, pairs 3 and 6 are held out
     assert [e.prompt for e in held_out] == [PAIRS[2][0], PAIRS[7][0]]
     assert len(train) == 5 and not {e.prompt for e in train} & {e.prompt for e in held_out}  # 6 train records, 1 dropped
-    train, _, _ = train_eval_examples(tokenize_preferences, tokenizer, records, SimpleNamespace(**{**vars(config), "train_size": 4}))
+    config.train_size = 4
+    train, _, _ = train_eval_examples(tokenize_preferences, tokenizer, records, config)
     assert len(train) == 4
 
 

@@ -101,7 +101,7 @@ def encode_prompt_response(tokenizer, prompt, response) -> tuple[list[int], list
 
 
 def tokenize_preferences(tokenizer, records, max_length: int, max_prompt_length: int) -> Examples:
-    """Tokenise {prompt, chosen, rejected} records; drop (and count) pairs that do not fit max_length or have an empty response."""
+    """Tokenise {prompt, chosen, rejected} records; drop (and count) pairs that do not fit max_length or have no response."""
     out = []
     for r in records:
         prompt_ids, chosen_ids = encode_prompt_response(tokenizer, r["prompt"], r["chosen"])

@@ -173,7 +173,7 @@ def train_sft(config: SFTConfig, on_log: OnLog | None = None):
         log = Logger(run, on_log if accelerator.is_main_process else None, accelerator)
         seed_everything(config.seed)
 
-        # ---- 2. data: records -> (train, held-out) by prompt -> token ids (drops counted); the order is a function of (seed, step)
+        # ---- 2. data: records -> (train, held-out) by prompt -> token ids, drops counted; the order is f(seed, step)
         tokenizer = load_tokenizer(config.model_name_or_path)
         train, held_out, dropped = train_eval_examples(tokenize_sft, tokenizer, load_sft_records(config.dataset), config)
         B, accum, world = config.batch_size, config.gradient_accumulation_steps, accelerator.num_processes

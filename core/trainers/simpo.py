@@ -197,9 +197,10 @@ def train_simpo(config: SimPOConfig, on_log: OnLog | None = None):
         log = Logger(run, on_log if accelerator.is_main_process else None, accelerator)
         seed_everything(config.seed)
 
-        # ---- 2. data: records -> (train, held-out) by prompt -> token ids (drops counted); the order is a function of (seed, step)
+        # ---- 2. data: records -> (train, held-out) by prompt -> token ids, drops counted; the order is f(seed, step)
         tokenizer = load_tokenizer(config.model_name_or_path)
-        train, held_out, dropped = train_eval_examples(tokenize_preferences, tokenizer, load_preference_records(config.dataset), config)
+        records = load_preference_records(config.dataset)
+        train, held_out, dropped = train_eval_examples(tokenize_preferences, tokenizer, records, config)
         B, accum, world = config.batch_size, config.gradient_accumulation_steps, accelerator.num_processes
         num_steps = config.num_steps
         if config.num_epochs > 0:
