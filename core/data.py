@@ -179,6 +179,8 @@ def load_rows(source, hub_split: str = "train") -> Rows:
     fmt = _format(path)
     if fmt is None:
         raise DataError(path, None, f"unsupported file type: use one of {', '.join(FORMATS)} (optionally .gz)")
+    if path.stat().st_size == 0:
+        return Rows()
     kwargs = {"json": {"parse_agent_traces": False}, "csv": {"na_filter": False}, "text": {}, "parquet": {}}[fmt]
     with tempfile.TemporaryDirectory(prefix="rlhf-workbench-data-") as cache, _quiet_datasets() as datasets:
         def read(file):
@@ -194,6 +196,8 @@ def load_rows(source, hub_split: str = "train") -> Rows:
                 raise DataError(path, None, f"cannot be read as {fmt.upper()} ({type(cause).__name__}: {cause})") from None
             with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
                 text = f.read()
+            if not text.strip():
+                return Rows()
             _raise_json_problem(path, text, cause)
             # every line is a JSON object: `datasets` trips over blank lines between rows of mixed types
             clean = Path(cache) / path.name.removesuffix(".gz")

@@ -230,6 +230,12 @@ def test_csv_keeps_cells_as_written(tmp_path):
     assert list(load_rows(tmp_path / "t.csv")) == [{"prompt": "NA", "chosen": "null", "rejected": ""}]
 
 
+def test_empty_files_have_no_rows(tmp_path):
+    for name, text in (("e.jsonl", ""), ("b.jsonl", "\n\n"), ("e.csv", ""), ("e.txt", "")):
+        (tmp_path / name).write_text(text)
+        assert load_rows(tmp_path / name) == [], name
+
+
 def test_an_edited_file_is_read_afresh(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps(ROWS[0]) + "\n")
