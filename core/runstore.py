@@ -3,7 +3,7 @@
 Layout of ``runs/<run_id>/``::
 
     config.json      {"kind": "ppo", "config": {...}, "created": ...}     written once
-    status.json      {"status": "running"|"finished"|"failed", "error": ..., "step": ...}  atomic
+    status.json      {"status": "running"|"finished"|"stopped"|"failed", "error": ..., "step": ...}  atomic
     metrics.jsonl    one {"step": s, "time": t, name: value, ...} per logged step, flushed each line
     samples.jsonl    one {"step": s, "prompt", "response", "tokens", "per_token": {field: [...]}} per sample
     checkpoints/step-000010/
@@ -32,7 +32,7 @@ from typing import Any, Iterable
 
 from core.paths import runs_dir
 
-STATUSES = ("running", "finished", "failed")
+STATUSES = ("running", "finished", "stopped", "failed")  # stopped: on request, at a checkpoint (resumable)
 
 
 class RunStoreError(RuntimeError):

@@ -2,18 +2,18 @@
 
 What it shows: pick DPO (β, label smoothing = conservative DPO) or SimPO (β, γ/β) and a
 data set (the built-in demo pairs, HH-RLHF, or an uploaded TRL-schema .jsonl validated
-by ``core.data.load_preference_file``); "Run" starts ``train_dpo``/``train_simpo`` in a
-background thread; the curves of rewards/chosen, rewards/rejected, rewards/margins and
-rewards/accuracies poll the run store. A scatter of the implicit reward against response
-length for held-out pairs shows why SimPO averages: a summed log-probability falls
-with every token, an averaged one does not.
+by ``core.data.load_preference_file``); "Run" trains it in its own process
+(``workbench.jobs``); the curves of rewards/chosen, rewards/rejected, rewards/margins and
+rewards/accuracies poll the run store; Stop ends the run after the current step with a
+checkpoint. A scatter of a trained run's implicit reward against response length on its
+held-out pairs (DPO: β·(log π − log π_ref), computed by ``core.implicit_rewards`` exactly
+as the trainer does; SimPO: β·mean log π) shows whether the reward tracks length.
 
 What it leaves out: IPO and SFT (CLI only: ``python -m core.trainers.dpo --help``).
 Registered in ``workbench/app.py``; run ``streamlit run workbench/app.py``.
 """
 
 import hashlib
-import time
 
 import streamlit as st
 
@@ -49,7 +49,7 @@ def dataset_choice():
     from pathlib import Path
 
     raw = upload.getvalue()
-    folder = Path(tempfile.gettempdir()) / "rlhf-workbench-uploads"  # the trainer thread reads it after this rerun
+    folder = Path(tempfile.gettempdir()) / "rlhf-workbench-uploads"  # the training process reads it later
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{hashlib.sha256(raw).hexdigest()[:16]}.jsonl"
     path.write_bytes(raw)
@@ -97,9 +97,9 @@ def run_panel(model: str, dataset, records) -> None:
         st.warning(problem)
     busy = registry().running()
     if st.button(f"Run short {algorithm}", key=K("start"), type="primary", disabled=busy is not None or dataset is None or bool(problem)):
-        train_fn, config = training.preference(algorithm, model, dataset, beta, smoothing, gamma_ratio, int(steps),
-                                               eval_size=eval_size, cpu=state.current_device() == "cpu")
-        components.start_job(algorithm.lower(), train_fn, config, f"{algorithm} β={beta:g}", K("jobs"))
+        config = training.preference(algorithm, model, dataset, beta, smoothing, gamma_ratio, int(steps),
+                                     eval_size=eval_size, cpu=state.current_device() == "cpu")
+        components.start_job(lambda: registry().start(algorithm.lower(), config, f"{algorithm} β={beta:g}"), K("jobs"))
     if busy is not None:
         st.caption(f"A training is running ('{busy.label}'); the button comes back when it ends.")
 
@@ -109,24 +109,8 @@ def curves_panel() -> None:
     jobs = [reg.get(j) for j in st.session_state.get(K("jobs"), []) if reg.get(j) is not None]
     job = jobs[-1] if jobs else None
     if job is not None:
-        @st.fragment(run_every=components.POLL_SECONDS if job.alive else None)
-        def _live():
-            total = int(getattr(job.config, "num_steps", 0) or 0)
-            if job.alive:
-                done = job.last_step or 0
-                st.progress(min(done / total, 1.0) if total else 0.0,
-                            text=f"'{job.label}': step {done}/{total or '?'} after {time.time() - job.started:.0f} s (background)")
-            elif job.state == "failed":
-                st.error(f"'{job.label}' failed: {job.error}")
-            else:
-                st.progress(1.0, text=f"'{job.label}' finished.")
-            if job.run_path is not None:
-                components.draw_curves([job.run_path], CURVES, columns=4, key_prefix=K(f"live_{job.id}"))
-            if not job.alive and st.session_state.get(K("shown_end")) != job.id:
-                st.session_state[K("shown_end")] = job.id
-                st.rerun()
-
-        _live()
+        components.live_curves([job.run_path], CURVES, key_prefix=K(f"live_{job.id}"), live=job.alive, columns=4,
+                               header=lambda: components.job_status(job, K("job"), K("jobs")))
     runs = [r for kind in ("dpo", "simpo") for r in components.all_runs(kind=kind)]
     if runs:
         paths = [str(r.path) for r in runs]
@@ -135,31 +119,50 @@ def curves_panel() -> None:
             components.draw_curves(picked, CURVES, columns=4, key_prefix=K("cmp"))
 
 
+UNTRAINED = "the sidebar's model (untrained)"
+
+
 def scatter_panel(model: str, records) -> None:
     st.subheader("Implicit reward vs length")
-    st.caption("For held-out pairs under the current policy: DPO's summed log-probability grows more negative with every "
-               "token, so long answers look worse; SimPO's average does not depend on length.")
-    if not records:
-        st.info("Pick a data set first.")
-        return
-    from core.data import split
+    st.caption("DPO's implicit reward is β·(log π(y|x) − log π_ref(y|x)): each summed log-probability falls with every "
+               "token, but the reference's falls alike and cancels it, so the reward measures how far training moved "
+               "the policy, not the length. A sum over tokens can still grow with length once the policy has moved "
+               "(every token adds its log-ratio); SimPO's β·mean log π averages per token and needs no reference. "
+               "Computed on held-out pairs exactly as the trainer computes its eval/rewards metrics.")
+    runs = [r for kind in ("dpo", "simpo") for r in components.all_runs(kind=kind) if r.latest_checkpoint() is not None]
+    options = [str(r.path) for r in runs] + [UNTRAINED]
+    mine = [str(j.run_path) for j in (registry().get(i) for i in st.session_state.get(K("jobs"), [])) if j is not None]
+    default = next((options.index(p) for p in reversed(mine) if p in options), 0)
+    source = st.selectbox("Policy", options, index=default, key=K("scatter_source"),
+                          format_func=lambda p: p if p == UNTRAINED else components.label_for_path(p))
+    most = 32  # a run: its own held-out pairs (the scorer takes at most that many)
+    if source == UNTRAINED:
+        st.info("Before training the policy is its own reference (π = π_ref), so DPO's implicit reward is exactly 0 "
+                "for every response, whatever its length: there is nothing to plot for DPO. Train a run above, or "
+                "pick one, to see it. SimPO's reward needs no reference and is shown for this model.")
+        if not records:
+            st.info("Pick a data set first.")
+            return
+        from core.data import split
 
-    _, held_out = split(list(records), 0.5, seed=0)
-    held_out = held_out or list(records)
-    most = min(32, len(held_out))
+        held_out = split(list(records), 0.5, seed=0)[1] or list(records)
+        most = min(32, len(held_out))
     if most > 1:
-        n = st.slider("Held-out pairs to score", 1, most, min(8, most), key=K(f"n_pairs_{len(held_out)}"))
+        n = st.slider("Held-out pairs to score", 1, most, min(8, most), key=K(f"n_pairs_{most}"))
     else:
         n = 1
         st.caption("One pair to score (the data set has too few pairs to hold more out).")
-    beta = st.session_state.get(K("beta_DPO"), 0.1)
     if st.button("Compute implicit rewards", key=K("scatter_btn")):
-        bar = st.progress(0.0, text="Scoring held-out responses…")
-        points = scoring.implicit_rewards(model, held_out[:n], beta, on_progress=lambda f: bar.progress(f, text=f"Scoring held-out responses… {f:.0%}"))
-        st.session_state[K("points")] = (model, points)
+        with st.spinner("Scoring held-out responses with the policy (and its reference)…"):
+            if source == UNTRAINED:
+                beta = st.session_state.get(K("beta_SimPO"), 2.0)
+                points = scoring.untrained_simpo_rewards(model, held_out, beta, n)
+            else:
+                points = scoring.run_implicit_rewards(source, n, state.current_device())
+        st.session_state[K("points")] = (source, model, points)
     stored = st.session_state.get(K("points"))
-    if stored and stored[0] == model:
-        st.plotly_chart(charts.length_scatter(stored[1]), key=K("scatter"), width="stretch")
+    if stored and stored[0] == source and (source != UNTRAINED or stored[1] == model):
+        st.plotly_chart(charts.length_scatter(stored[2]), key=K("scatter"), width="stretch")
 
 
 def main() -> None:

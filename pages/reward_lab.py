@@ -1,17 +1,17 @@
 """Reward-weight lab: set a weight per reward component and β, run a short PPO, compare before and after.
 
 What it shows: "Run short PPO" builds ``core.trainers.ppo.short_ppo_config`` with the
-sliders' weights and β and starts ``train_ppo`` in a background thread
-(``workbench.jobs``): a rerun, a page switch or a second browser tab neither kills nor
-corrupts it, and every tab sees its progress (read from the run store). Live curves
-poll the run; when it ends, the first and last logged rollouts are shown side by side
-with the change of each reward component. Several lab runs share the comparison charts.
+sliders' weights and β and trains it in its own process (``workbench.jobs``): a rerun, a
+page switch or a second browser tab neither kills nor corrupts it, and every tab sees
+its progress (read from the run store). Live curves poll the run; Stop ends it after the
+current iteration with a checkpoint (Resume continues it). When it ends, the first and
+last logged rollouts are shown side by side with the change of each reward component.
+Several lab runs share the comparison charts.
 
-What it leaves out: stopping a run midway; long runs (use ``python -m core.trainers.ppo``).
+What it leaves out: long runs (use ``python -m core.trainers.ppo``).
 Registered in ``workbench/app.py``; run ``streamlit run workbench/app.py``.
 """
 
-import time
 from pathlib import Path
 
 import streamlit as st
@@ -47,8 +47,8 @@ def start_panel(model: str) -> None:
         if not any(weights.values()):
             st.error("All weights are 0: the policy would only be pulled towards the reference. Give at least one component a weight.")
             return
-        train_fn, config = training.short_ppo(model, weights, beta, cpu=state.current_device() == "cpu")
-        components.start_job("ppo", train_fn, config, label, K("jobs"))
+        config = training.short_ppo(model, weights, beta, cpu=state.current_device() == "cpu")
+        components.start_job(lambda: registry().start("ppo", config, label), K("jobs"))
     if busy is not None:
         st.caption(f"A training is running ('{busy.label}'); the button comes back when it ends.")
 
@@ -60,29 +60,10 @@ def job_panel() -> None:
     job = reg.running() or next((j for j in reversed(mine) if j is not None), None)
     if job is None or job.kind != "ppo":
         return
-
-    @st.fragment(run_every=components.POLL_SECONDS if job.alive else None)
-    def _live():
-        total = int(getattr(job.config, "num_iterations", 0) or 0)
-        done = job.last_step or 0  # PPO logs iterations 1..num_iterations
-        if job.alive:
-            frac = min(done / total, 1.0) if total else 0.0
-            elapsed = time.time() - job.started
-            st.progress(frac, text=f"'{job.label}': iteration {done}/{total or '?'} after {elapsed:.0f} s "
-                                   "(running in the background; switching pages or tabs is safe)")
-        elif job.state == "failed":
-            st.error(f"'{job.label}' failed: {job.error}")
-        else:
-            st.progress(1.0, text=f"'{job.label}' finished.")
-        if job.run_path is not None:
-            names = list(training.ppo_reward_specs())
-            components.draw_curves([job.run_path], ["objective/scores", "objective/kl", "eval/toxicity"] + [f"rewards/{n}" for n in names],
-                                   columns=3, key_prefix=K(f"live_{job.id}"))
-        if not job.alive and st.session_state.get(K("shown_end")) != job.id:
-            st.session_state[K("shown_end")] = job.id
-            st.rerun()
-
-    _live()
+    names = list(training.ppo_reward_specs())
+    components.live_curves([job.run_path], ["objective/scores", "objective/kl", "eval/toxicity"] + [f"rewards/{n}" for n in names],
+                           key_prefix=K(f"live_{job.id}"), live=job.alive, columns=3,
+                           header=lambda: components.job_status(job, K("job"), K("jobs")))
 
 
 def component_totals(sample: dict, names: list[str]) -> dict[str, float]:

@@ -190,6 +190,8 @@ def main() -> None:
         st.markdown(charts.coloured_text_html(tokens, rows["total (weighted)"]), unsafe_allow_html=True)
     sums = {name: round(sum(v), 4) for name, v in rows.items()}
     st.caption("Sum over tokens: " + " · ".join(f"{k} = {v}" for k, v in sums.items()))
+    if any(c.source == "redistributed" for c in infos) and any(c.source == "store" for c in infos):
+        st.caption("ℹ️ " + scoring.SCALES_NOTE)
 
     left, right = st.columns(2)
     with left:

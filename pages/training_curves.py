@@ -6,6 +6,8 @@ against step for the runs picked (e.g. holistic vs fine-grained), polled with
 rollouts the trainer saved (``run.samples(step)``) as token heatmaps of every per-token
 field (reward components, KL, value, advantage, return).
 
+A run started from the app shows its progress with a Stop button while it goes.
+
 What it leaves out: starting runs (the lab and preference pages, or the trainer CLIs).
 Registered in ``workbench/app.py``; run ``streamlit run workbench/app.py``.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 import streamlit as st
 
 from workbench import charts, components, state
+from workbench.jobs import registry
 
 PAGE = "curves"
 K = lambda name: state.key(PAGE, name)  # noqa: E731
@@ -97,7 +100,9 @@ def main() -> None:
     live = any(components.run_is_live(Run(Path(p))) for p in present)
     if live:
         st.caption("🔴 live: a run is still going; the charts refresh every couple of seconds.")
-    components.live_curves(picked, metrics, key_prefix=K("chart"), live=live)
+    jobs = [j for j in (registry().for_run(p) for p in present) if j is not None and j.alive]  # started from this app
+    header = (lambda: [components.job_status(j, K("job"), K("jobs")) for j in jobs]) if jobs else None
+    components.live_curves(picked, metrics, key_prefix=K("chart"), live=live, header=header)
     if present:
         rollout_browser(present)
 

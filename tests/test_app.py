@@ -131,50 +131,50 @@ def test_explorer_samples_from_the_policy():
         assert len(_charts(at)) == 1
 
 
-def test_job_survives_reruns_page_switches_and_a_second_tab():
-    """A training started from one session keeps going while sessions rerun and switch pages; others see it."""
-    import dataclasses
-    import threading
+def test_job_survives_reruns_page_switches_and_a_second_tab_then_stops():
+    """A training started from one session runs in its own process while sessions rerun and switch pages;
+    other tabs see it; its Stop button ends it cleanly (status "stopped", a checkpoint, a Resume button)."""
+    import os
+    import time
 
     from core.runstore import Run
+    from workbench import training
     from workbench.jobs import registry
 
-    @dataclasses.dataclass
-    class FakeConfig:
-        num_iterations: int = 2
-        run_name: str = ""
-
-    release = threading.Event()
-
-    def fake_train(config, on_log=None):
-        run = Run.create("ppo", config, name=config.run_name)
-        for step in (1, 2):
-            run.log_metrics(step, {"objective/scores": float(step)})
-            on_log(step, {"objective/scores": float(step)})
-            release.wait(30)
-        run.set_status("finished")
-        return run
-
     tab1 = _open("reward_lab")
-    job = registry().start("ppo", fake_train, FakeConfig(), label="fake")
-    tab1.session_state["lab_jobs"] = [job.id]
-    tab1.run()
-    _clean(tab1)
-    assert tab1.button(key="lab_start").disabled  # one training at a time
-    tab2 = _open("reward_lab")  # a second browser tab: another session, same server
-    assert tab2.button(key="lab_start").disabled
-    assert any("fake" in c.value for c in tab2.caption)
-    tab1.switch_page(PAGES["training_curves"]).run()
-    tab1.switch_page(PAGES["reward_lab"]).run()
-    assert job.alive and job.thread.is_alive()
-    release.set()
-    registry().wait(job, 30)
-    assert job.state == "finished" and job.run_path is not None
-    assert Run.open(job.run_path).meta["name"] == job.config.run_name  # claimed by its unique name
-    assert [r["step"] for r in Run.open(job.run_path).metrics()] == [1, 2]
+    config = training.short_ppo("tiny-random-llama", {"toxicity": 1.0}, 0.05, cpu=True, num_iterations=50)
+    job = registry().start("ppo", config, label="long lab run")
+    try:
+        tab1.session_state["lab_jobs"] = [job.id]
+        tab1.run()
+        _clean(tab1)
+        assert tab1.button(key="lab_start").disabled  # one training at a time
+        tab2 = _open("reward_lab")  # a second browser tab: another session, same server
+        assert tab2.button(key="lab_start").disabled
+        assert any("long lab run" in c.value for c in tab2.caption)
+        tab1.switch_page(PAGES["training_curves"]).run()
+        tab1.switch_page(PAGES["reward_lab"]).run()
+        assert job.alive and job.process.pid != os.getpid()
+        deadline = time.time() + 120
+        while job.alive and (job.last_step or 0) < 1 and time.time() < deadline:
+            time.sleep(0.2)
+        tab1.run()
+        tab1.button(key=f"lab_job_stop_{job.id}").click().run()
+        assert job.state == "stopping"
+        registry().wait(job, 120)
+    finally:
+        if job.alive:
+            job.process.kill()
+    run = Run.open(job.run_path)
+    assert job.state == "stopped" and run.status()["status"] == "stopped", job.error
+    assert run.latest_checkpoint() is not None and run.latest_checkpoint()[0] == run.status()["step"] >= 1
+    assert run.meta["name"] == "long lab run"
     tab2.run()
     _clean(tab2)
     assert not tab2.button(key="lab_start").disabled
+    tab1.run()
+    _clean(tab1)
+    assert not tab1.button(key=f"lab_job_resume_{job.id}").disabled
 
 
 def test_curves_page_with_runs_and_deleted_folder():

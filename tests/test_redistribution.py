@@ -84,3 +84,33 @@ def test_redistributed_component_on_policy_tokens(tiny_rm):
     tr = compute_token_rewards(PROMPTS, ids, tok, {"redistributed": comp})
     rewards, _, _ = rm_token_rewards(model, tok, PROMPTS, RESPONSES)
     torch.testing.assert_close(tr.totals()["redistributed"], torch.tensor([sum(r) / 2.0 for r in rewards]), rtol=1e-4, atol=1e-5)
+
+
+def test_red_and_holistic_scales_differ_by_the_prompt_baseline(tiny_rm):
+    """What the explorer's labels state: holistic = (R(x,y) − μ)/σ, Σ_t RED_t = (R(x,y) − R(x))/σ, same σ.
+
+    R(x,y) and R(x) are computed here by separate forward passes (the full text, and its prompt
+    tokens alone), so the two rows differ by exactly (μ − R(x))/σ.
+    """
+    from core.rewards.preference_rm import PreferenceReward, encode, format_pair, sequence_scores
+    from core.rewards.redistribution import RedistributedReward
+    from core.rewards.tensor import compute_token_rewards
+
+    model, tok = tiny_rm
+    mean, std = 5.0, 2.0
+    meta = {"normalisation": {"mean": mean, "std": std}}
+    comps = {"holistic": PreferenceReward(model, tok, meta), "red": RedistributedReward(model, tok, meta)}
+    ids = [tok(y, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for y in RESPONSES]
+    totals = compute_token_rewards(PROMPTS, ids, tok, comps).totals()
+    texts = [tok.decode(i, skip_special_tokens=True) for i in ids]  # the responses the components scored
+    for b, (prompt, response) in enumerate(zip(PROMPTS, texts)):
+        text, start = format_pair(tok, prompt, response)
+        enc = encode(tok, [text], 1024)
+        first = next(c for c in range(enc["input_ids"].shape[1]) if enc["offset_mapping"][0, c, 1] > start)
+        with torch.no_grad():
+            full = sequence_scores(model, enc["input_ids"], enc["attention_mask"]).item()  # R(x, y)
+            prompt_only = enc["input_ids"][:, :first]
+            r_x = sequence_scores(model, prompt_only, torch.ones_like(prompt_only)).item()  # R(x)
+        assert float(totals["holistic"][b]) == pytest.approx((full - mean) / std, abs=1e-4)
+        assert float(totals["red"][b]) == pytest.approx((full - r_x) / std, abs=1e-4)
+        assert float(totals["red"][b] - totals["holistic"][b]) == pytest.approx((mean - r_x) / std, abs=1e-4)

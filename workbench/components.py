@@ -4,7 +4,8 @@ What it is: small Streamlit functions the pages compose. ``page_guard`` turns an
 exception into an ``st.error`` that says what to do (never a traceback on the page;
 the traceback goes to the server log). ``live_curves`` draws metrics of several runs
 on shared axes inside an ``st.fragment(run_every=...)`` that re-polls the run store
-while a run is going and stops polling when every run has ended.
+while a run is going and stops polling when every run has ended; ``job_status`` is
+the progress line of a job started from the app, with its Stop / Resume buttons.
 
 What it leaves out: figures themselves (``workbench.charts``), training (``workbench.jobs``).
 """
@@ -282,16 +283,55 @@ def draw_curves(run_paths: list, metrics: list[str], columns: int = 2, key_prefi
     return live
 
 
-def live_curves(run_paths: list, metrics: list[str], key_prefix: str, live: bool) -> None:
-    """``draw_curves`` inside a fragment that re-runs every POLL_SECONDS while ``live``."""
+def live_curves(run_paths: list, metrics: list[str], key_prefix: str, live: bool, columns: int = 2, header=None) -> None:
+    """``draw_curves`` inside a fragment that re-runs every POLL_SECONDS while ``live``.
+
+    header: an optional function drawn above the charts on every poll (e.g. ``job_status``).
+    """
 
     @st.fragment(run_every=POLL_SECONDS if live else None)
     def _body():
-        still_live = draw_curves(run_paths, metrics, key_prefix=key_prefix)
+        if header is not None:
+            header()
+        still_live = draw_curves(run_paths, metrics, columns=columns, key_prefix=key_prefix)
         if live and not still_live:
             st.rerun()  # the run ended: redraw the whole page once (status, samples), then stop polling
 
     _body()
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+def job_status(job, key_prefix: str, jobs_key: str) -> None:
+    """Progress of a job started from the app, with Stop (while it runs) and Resume (once stopped) buttons.
+
+    jobs_key: the session list of the page's job ids, where a resumed job is added.
+    """
+    import time
+
+    from workbench.jobs import registry
+
+    total, done = job.total_steps, job.last_step or 0
+    state = job.state
+    if state in ("running", "stopping"):
+        cols = st.columns([5, 1], vertical_alignment="center")
+        frac = min(done / total, 1.0) if total else 0.0
+        what = "stopping after this step…" if state == "stopping" else "running in its own process; switching pages or tabs is safe"
+        cols[0].progress(frac, text=f"'{job.label}': step {done}/{total or '?'} after {time.time() - job.started:.0f} s ({what})")
+        if cols[1].button("Stop", key=f"{key_prefix}_stop_{job.id}", disabled=state == "stopping", width="stretch",
+                          help="Stop after the current step; a checkpoint is saved and the run can be resumed."):
+            registry().stop(job)  # the next poll shows "stopping…", then the stopped run
+    elif state == "failed":
+        st.error(f"'{job.label}' failed: {job.error}")
+    elif state == "stopped":
+        cols = st.columns([5, 1], vertical_alignment="center")
+        cols[0].info(f"'{job.label}' stopped at step {done}; its checkpoint is kept.")
+        if cols[1].button("Resume", key=f"{key_prefix}_resume_{job.id}", width="stretch",
+                          disabled=registry().running() is not None, help="Continue from the checkpoint, in the same run folder."):
+            start_job(lambda: registry().resume(job), jobs_key)
+    else:
+        st.progress(1.0, text=f"'{job.label}' finished.")
 
 
 # ----------------------------------------------------------------------------- text
@@ -321,16 +361,16 @@ def highlighted(text: str, spans: list[dict]) -> str:
     return '<div style="line-height:1.7;white-space:pre-wrap">' + "".join(out) + "</div>"
 
 
-def start_job(kind: str, train_fn, config, label: str, jobs_key: str) -> None:
-    """Start a training off the script thread, remember its id under ``jobs_key`` and rerun.
+def start_job(start, jobs_key: str) -> None:
+    """Start a training (``start()`` returns the new ``Job``), remember its id under ``jobs_key`` and rerun.
 
     Only one training runs at a time (the registry refuses a second one): that refusal
     is shown as a warning, not an error.
-    """
-    from workbench.jobs import registry
 
+        start_job(lambda: registry().start("ppo", config, label), K("jobs"))
+    """
     try:
-        job = registry().start(kind, train_fn, config, label=label)
+        job = start()
     except RuntimeError as exc:
         st.warning(str(exc))
         return

@@ -1,59 +1,115 @@
-"""Trainings that run off the Streamlit script thread and survive reruns, page switches and other tabs.
+"""Trainings started from the app, each in its own process; they survive reruns, page switches and other tabs.
 
-What it is: a process-wide ``JobRegistry`` (one per server process, a module global)
-that starts a trainer ``train_*(config, on_log)`` in a daemon thread. A rerun or a page
-switch only re-executes page scripts; the thread and the registry live on, and any
-browser tab sees the same jobs. The run store on disk stays the source of truth: a
-page reads progress from ``run.metrics()`` / ``run.status()``; the registry only adds
-"which run folder belongs to the job I started" and an error message if the trainer
-raised before creating a run.
+What it is: a process-wide ``JobRegistry`` (one per server process, a module global).
+``start(kind, config)`` creates the run folder (``Run.create``: the trainer's kind and
+config in ``config.json``) and starts ``python -m core.trainers.launch RUN_FOLDER`` with
+the project's interpreter, stdout and stderr going to ``RUN_FOLDER/train.log``. The
+registry keeps the ``Popen`` handle and the run folder; everything else (progress,
+status, error) is read from the run store, which is the only interface between the
+app and the training: ``status.json`` and ``metrics.jsonl``.
 
-Which run is the job's? The trainers create their own run folder. When the config has
-a ``run_name`` field the job sets it to a unique name and claims the folder carrying it;
-otherwise it snapshots the run ids that exist when it starts and claims the first new
-folder of its kind (under a lock, so two jobs never claim the same folder). The run
-returned by the trainer confirms it at the end.
+Why processes, not threads: ``accelerate`` keeps process-wide state (a second job on
+another device failed with "AcceleratorState has already been initialized"), and the
+trainers seed the global RNGs and tune the allocator; in a child process none of that
+reaches the server or the next job.
 
-What it leaves out: cancelling a running training (a thread cannot be killed safely;
-the trainers have no stop flag), surviving a server restart (use the trainer CLIs for that).
-One training at a time: on a 2-core CPU a second one would only slow both down.
+Stop: ``stop(job)`` sends SIGTERM; the launcher turns it into the trainers' stop flag,
+the trainer saves a checkpoint after its current step and marks the run "stopped".
+``resume(job)`` continues it from that checkpoint in a new process, in the same folder.
+
+What it leaves out: several trainings at once (on a 2-core CPU a second one would only
+slow both down), re-attaching to jobs after a server restart (their runs stay readable
+in the run store, and ``components.run_is_live`` follows them by pid).
 
     from workbench.jobs import registry
-    job = registry().start("ppo", train_ppo, config, label="weights A")
-    job.run_path, job.state, job.error
+    job = registry().start("ppo", config, label="weights A")
+    job.run_path, job.state, job.error, job.last_step
+    registry().stop(job); registry().wait(job)
 """
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent  # the project: ``python -m core.trainers.launch`` runs from here
+LOG_NAME = "train.log"
 
 
 @dataclass
 class Job:
-    """One training started from the app."""
+    """One training started from the app: a run folder and the process training it."""
 
     id: str
     kind: str
     label: str
     config: Any
+    run_path: Path
+    process: subprocess.Popen | None = None
     started: float = field(default_factory=time.time)
-    finished: float | None = None
-    state: str = "starting"  # starting | running | finished | failed
-    error: str | None = None
-    run_path: Path | None = None
-    last_step: int | None = None
-    last_metrics: dict = field(default_factory=dict)
-    known_runs: set = field(default_factory=set)
-    thread: threading.Thread | None = None
+    stop_sent: bool = False
+
+    # ---------------------------------------------------------------- read from the process and the run store
+    def _status(self) -> dict:
+        from core.runstore import Run
+
+        try:
+            return Run(self.run_path).status()
+        except Exception:  # noqa: BLE001 - deleted folder or a status being replaced right now
+            return {}
 
     @property
     def alive(self) -> bool:
-        return self.state in ("starting", "running")
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def state(self) -> str:
+        """running | stopping | finished | stopped | failed."""
+        if self.alive:
+            return "stopping" if self.stop_sent else "running"
+        status = self._settled().get("status")
+        return status if status in ("finished", "stopped", "failed") else "failed"
+
+    @property
+    def error(self) -> str | None:
+        if self.alive:
+            return None
+        status = self._settled()
+        if status.get("status") == "failed":
+            return status.get("error") or f"the training failed; see {self.run_path / LOG_NAME}"
+        return None
+
+    def _settled(self) -> dict:
+        """The final status; a process killed before it could write one (out of memory, SIGKILL) is marked failed here."""
+        from core.runstore import Run
+
+        status = self._status()
+        if status.get("status") == "running" and not self.alive and self.process is not None:
+            error = (f"the training process ended (exit code {self.process.returncode}) without a final status; "
+                     f"its output is in {self.run_path / LOG_NAME}")
+            try:
+                Run(self.run_path).set_status("failed", error=error)  # the process is gone: no other writer
+            except Exception:  # noqa: BLE001 - deleted folder
+                pass
+            status = {**status, "status": "failed", "error": error}
+        return status
+
+    @property
+    def last_step(self) -> int | None:
+        step = self._status().get("step")
+        return int(step) if isinstance(step, (int, float)) else None
+
+    @property
+    def total_steps(self) -> int | None:
+        total = getattr(self.config, "num_iterations", None) or getattr(self.config, "num_steps", None)
+        return int(total) if total else None
 
 
 class JobRegistry:
@@ -72,89 +128,67 @@ class JobRegistry:
             return next((j for j in self.jobs.values() if j.alive), None)
 
     def for_run(self, run_path) -> Job | None:
-        run_path = Path(run_path)
-        return next((j for j in self.jobs.values() if j.run_path == run_path), None)
+        run_path = Path(run_path).resolve()
+        return next((j for j in reversed(list(self.jobs.values())) if j.run_path == run_path), None)
 
-    # ---------------------------------------------------------------- start
-    def start(self, kind: str, train_fn: Callable, config: Any, label: str = "") -> Job:
-        """Start ``train_fn(config, on_log=...)`` in a daemon thread; refuses while another job runs."""
-        from core.runstore import list_runs
+    # ---------------------------------------------------------------- start, stop, resume
+    def start(self, kind: str, config: Any, label: str = "") -> Job:
+        """Create the run folder for ``config`` (the trainer's config dataclass) and train it in a new process.
+
+        Refuses while another job runs.
+        """
+        from core.runstore import Run
 
         with self._lock:
-            busy = next((j for j in self.jobs.values() if j.alive), None)
-            if busy is not None:
-                raise RuntimeError(
-                    f"a training is already running ('{busy.label or busy.kind}'); wait for it to finish, "
-                    "then start the next one (2 CPU cores: two at once would only slow both down)."
-                )
-            job = Job(id=uuid.uuid4().hex[:8], kind=kind, label=label or kind, config=config)
-            job.config = _named(config, f"{label or kind}-{job.id}")
-            job.known_runs = {r.path.resolve() for r in list_runs()}
+            self._refuse_if_busy()
+            run = Run.create(kind, config, name=label or kind)
+            job = Job(id=uuid.uuid4().hex[:8], kind=kind, label=label or kind, config=config, run_path=run.path.resolve())
+            job.process = _spawn(job.run_path)
             self.jobs[job.id] = job
-        job.thread = threading.Thread(target=self._work, args=(job, train_fn), name=f"wb-job-{job.id}", daemon=True)
-        job.thread.start()
         return job
 
-    # ---------------------------------------------------------------- the thread
-    def _work(self, job: Job, train_fn: Callable) -> None:
-        from core.trainers.common import explain_exception
+    def resume(self, job: Job) -> Job:
+        """Continue ``job``'s run (stopped or failed) from its latest checkpoint, in a new process; a new Job."""
+        from core.runstore import Run
 
-        job.state = "running"
-
-        def on_log(step: int, metrics: dict) -> None:
-            job.last_step, job.last_metrics = int(step), dict(metrics)
-            if job.run_path is None:
-                self._claim_run(job)
-
-        try:
-            run = train_fn(job.config, on_log=on_log)
-            if run is not None and getattr(run, "path", None) is not None:
-                job.run_path = Path(run.path).resolve()
-            elif job.run_path is None:
-                self._claim_run(job)
-            job.state = "finished"
-        except BaseException as exc:  # noqa: BLE001 - the message goes to the page, never a traceback
-            if job.run_path is None:
-                self._claim_run(job)
-            job.error = explain_exception(exc)
-            job.state = "failed"
-        finally:
-            job.finished = time.time()
-
-    def _claim_run(self, job: Job) -> None:
-        """Give ``job`` the oldest run folder of its kind created after it started and not claimed yet."""
-        from core.runstore import list_runs
-
-        wanted = getattr(job.config, "run_name", "") or None
         with self._lock:
-            taken = {j.run_path for j in self.jobs.values() if j.run_path is not None}
-            for run in sorted(list_runs(), key=lambda r: r.path.name):
-                path = run.path.resolve()
-                if path in job.known_runs or path in taken:
-                    continue
-                try:
-                    kind, name = run.kind, run.meta.get("name")
-                except Exception:  # noqa: BLE001 - half-written folder: not ours yet
-                    continue
-                if wanted is not None and name == wanted or wanted is None and kind == job.kind:
-                    job.run_path = path
-                    return
+            self._refuse_if_busy()
+            if Run(job.run_path).latest_checkpoint() is None:
+                raise RuntimeError(f"'{job.label}' has no checkpoint to resume from")
+            new = Job(id=uuid.uuid4().hex[:8], kind=job.kind, label=job.label, config=job.config, run_path=job.run_path)
+            new.process = _spawn(new.run_path, "--resume")
+            self.jobs[new.id] = new
+        return new
+
+    def stop(self, job: Job) -> None:
+        """Ask ``job`` to stop after its current step (it saves a checkpoint and marks the run "stopped")."""
+        if job.alive:
+            job.stop_sent = True
+            job.process.send_signal(signal.SIGTERM)
 
     def wait(self, job: Job, timeout: float = 60.0) -> Job:
-        """Block until ``job`` ends (tests and scripts; pages poll instead)."""
-        if job.thread is not None:
-            job.thread.join(timeout)
+        """Block until ``job``'s process ends (tests and scripts; pages poll instead)."""
+        if job.process is not None:
+            try:
+                job.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
         return job
 
+    def _refuse_if_busy(self) -> None:
+        busy = next((j for j in self.jobs.values() if j.alive), None)
+        if busy is not None:
+            raise RuntimeError(
+                f"a training is already running ('{busy.label or busy.kind}'); wait for it to finish or stop it, "
+                "then start the next one (2 CPU cores: two at once would only slow both down)."
+            )
 
-def _named(config, run_name: str):
-    """``config`` with ``run_name`` set (when the trainer's config has that field and it is empty)."""
-    import dataclasses
-    import re
 
-    if dataclasses.is_dataclass(config) and "run_name" in {f.name for f in dataclasses.fields(config)} and not config.run_name:
-        return dataclasses.replace(config, run_name=re.sub(r"[^A-Za-z0-9_.=-]+", "-", run_name).strip("-"))
-    return config
+def _spawn(run_path: Path, *args: str) -> subprocess.Popen:
+    """``python -m core.trainers.launch RUN_FOLDER`` with this interpreter, output appended to RUN_FOLDER/train.log."""
+    with open(run_path / LOG_NAME, "ab") as log:  # the child keeps its own copy of the file descriptor
+        return subprocess.Popen([sys.executable, "-m", "core.trainers.launch", str(run_path), *args],
+                                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
 
 _REGISTRY: JobRegistry | None = None

@@ -10,6 +10,8 @@ Components are built once per server (``st.cache_resource``) and only read.
 ``score_texts`` runs ``core.rewards.tensor.compute_token_rewards`` ONCE for a
 (model, prompt, response, components) key and keeps the result in
 ``st.session_state``; weight sliders then only call ``TokenRewards.combined``.
+``run_implicit_rewards`` gives the preference page DPO's / SimPO's implicit rewards of a
+trained run through the trainers' own path (``core.implicit_rewards``).
 
 What it leaves out: training reward models (``python -m core.trainers.reward``).
 """
@@ -45,21 +47,11 @@ def _stored_models() -> list[tuple[str, dict]]:
 
     from core.rewards import store
 
-    out = []
     root = os.environ.get(STORE_ENV) or None  # e.g. tests: a folder of their own instead of the user's cache
     try:
-        entries = store.list_reward_models(root)
+        return [(m["path"], m) for m in store.list_reward_models(root)]
     except Exception:  # noqa: BLE001 - an unreadable store is the same as an empty one here
         return []
-    for e in entries or []:
-        if isinstance(e, (tuple, list)) and len(e) == 2:
-            folder, meta = e
-        elif isinstance(e, dict):
-            folder, meta = e.get("folder") or e.get("path"), e
-        else:
-            folder, meta = e, getattr(e, "meta", {}) or {}
-        out.append((str(folder), dict(meta) if isinstance(meta, dict) else {}))
-    return out
 
 
 def available_components() -> list[ComponentInfo]:
@@ -76,10 +68,21 @@ def available_components() -> list[ComponentInfo]:
         name = name.lower().replace("-", "_")
         if any(c.name == name for c in comps):
             name = base
-        comps.append(ComponentInfo(name, f"{name} ({meta.get('kind', 'rm')}, {meta.get('level', '?')})", meta.get("level", "sequence"), "store", folder))
-        if meta.get("kind") == "preference":
-            comps.append(ComponentInfo(f"{name}_redistributed", f"{name} redistributed over tokens (RED)", "token", "redistributed", folder))
+        if meta.get("kind") == "preference":  # two scales: see SCALES_NOTE
+            comps.append(ComponentInfo(name, f"{name} (holistic: (R(x,y) − μ)/σ on the last token)", "sequence", "store", folder))
+            comps.append(ComponentInfo(f"{name}_redistributed", f"{name} redistributed (RED): r_t/σ, Σ_t = (R(x,y) − R(x))/σ",
+                                       "token", "redistributed", folder))
+        else:
+            comps.append(ComponentInfo(name, f"{name} ({meta.get('kind', 'rm')}, {meta.get('level', '?')})", meta.get("level", "sequence"), "store", folder))
     return comps
+
+
+SCALES_NOTE = (
+    "A holistic reward model and its redistributed (RED) row are on different baselines: the holistic score is "
+    "(R(x,y) − μ)/σ (μ, σ: the model's training-set statistics), the RED tokens sum to (R(x,y) − R(x))/σ, with R(x) "
+    "the score of the prompt alone. Both are divided by the same σ; they differ by (R(x) − μ)/σ, a constant of the "
+    "prompt, so they rank responses to one prompt identically but their sums are not equal."
+)
 
 
 def has_learned_models() -> bool:
@@ -143,47 +146,54 @@ def token_texts(tr, b: int = 0) -> list[str]:
 # ----------------------------------------------------------------------------- implicit rewards (preference page)
 
 
-def as_text(x) -> str:
-    """A TRL field as text: a string as is, chat messages joined by their contents."""
-    if isinstance(x, str):
-        return x
-    return "\n".join(str(m.get("content", "")) for m in x)
+def run_implicit_rewards(run_path: str, n: int, device: str = "cpu") -> list[dict]:
+    """Implicit rewards of the first ``n`` held-out pairs of a DPO or SimPO run, as its trainer computes them.
 
-
-def implicit_rewards(model: str, records: list[dict], beta: float, max_tokens: int = 384, on_progress=None) -> list[dict]:
-    """DPO-style summed and SimPO-style averaged implicit rewards of each chosen/rejected response.
-
-    For a response y of |y| tokens under the CURRENT policy π (the sidebar's model):
-      summed   β · Σ_t log π(y_t | x, y_<t)          (DPO's implicit reward before subtracting log π_ref)
-      averaged β · (1/|y|) Σ_t log π(y_t | x, y_<t)  (SimPO eq. 4, without the margin γ)
-    Uses ``core.logprobs`` for the token log-probs; one forward pass per response.
-    Returns points {length, reward, kind, which}.
+    Policy: the run's latest checkpoint; reference (DPO): the run's base model. Returns
+    points {length, reward, kind, which} for ``charts.length_scatter`` (length: response
+    tokens, EOS included). See ``core.implicit_rewards`` for the definitions.
     """
     import torch
 
-    from core.logprobs import completion_logprobs, sequence_logprobs
+    from core.implicit_rewards import held_out_examples, implicit_rewards, run_config, trained_policy
+    from core.models import load_causal_lm, load_tokenizer
+    from core.runstore import Run
 
-    tok = state.get_tokenizer(model)
-    policy = state.get_policy(model, state.current_device())
+    run = Run.open(run_path)
+    config = run_config(run)
+    tokenizer = load_tokenizer(config.model_name_or_path)
+    examples = held_out_examples(config, tokenizer)[:n]
+    policy = trained_policy(run, device)
+    reference = None  # LoRA: the policy with its adapters off; SimPO: none
+    if run.kind == "dpo" and not config.lora:
+        reference = load_causal_lm(config.model_name_or_path, device=device, dtype=torch.float32)
+    chosen, rejected = implicit_rewards(config, examples, policy, tokenizer.pad_token_id, reference)
+    return _points(examples, chosen, rejected, REWARD_LABELS[run.kind])
+
+
+def untrained_simpo_rewards(model: str, records: list[dict], beta: float, n: int) -> list[dict]:
+    """SimPO's implicit reward (β/|y|) log π(y|x) of the sidebar's (untrained) model on ``n`` pairs of ``records``.
+
+    Reference-free, so it is defined before any training; tokenised as the SimPO trainer does.
+    """
+    from core.implicit_rewards import implicit_rewards
+    from core.trainers.batching import tokenize_preferences
+    from core.trainers.simpo import SimPOConfig
+
+    config = SimPOConfig(model_name_or_path=model, beta=float(beta))
+    tokenizer = state.get_tokenizer(model)
+    examples = tokenize_preferences(tokenizer, records[:n], config.max_length, config.max_prompt_length)
+    policy = state.get_policy(model, state.current_device())  # frozen, shared: pair_logps only reads it
+    chosen, rejected = implicit_rewards(config, examples, policy, tokenizer.pad_token_id)
+    return _points(examples, chosen, rejected, REWARD_LABELS["simpo"])
+
+
+REWARD_LABELS = {"dpo": "DPO: β·(log π − log π_ref)", "simpo": "SimPO: β·mean log π"}
+
+
+def _points(examples, chosen, rejected, kind: str) -> list[dict]:
     points = []
-    for i, rec in enumerate(records):
-        prompt_ids = tok(as_text(rec["prompt"]), add_special_tokens=False)["input_ids"]
-        for which in ("chosen", "rejected"):
-            resp_ids = tok(as_text(rec[which]), add_special_tokens=False)["input_ids"][:max_tokens]
-            if not resp_ids:
-                continue
-            keep_prompt = max(1, max_tokens - len(resp_ids))
-            ids = torch.tensor([prompt_ids[-keep_prompt:] + resp_ids], device=policy.device)  # (1, T)
-            mask = torch.zeros_like(ids)
-            mask[:, -len(resp_ids):] = 1  # completion_mask (1, T)
-            with torch.inference_mode():
-                logits = policy(input_ids=ids, attention_mask=torch.ones_like(ids)).logits  # (1, T, V)
-            per_token_logps = completion_logprobs(logits, ids, mask)  # (1, T)
-            summed = float(sequence_logprobs(per_token_logps, mask)[0])
-            averaged = float(sequence_logprobs(per_token_logps, mask, average=True)[0])
-            label = f"pair {i} · {which}"
-            points.append({"length": len(resp_ids), "reward": beta * summed, "kind": "DPO-style: β·Σ log π", "which": label})
-            points.append({"length": len(resp_ids), "reward": beta * averaged, "kind": "SimPO-style: β·mean log π", "which": label})
-        if on_progress is not None:
-            on_progress((i + 1) / len(records))
+    for i, e in enumerate(examples):
+        for which, ids, reward in (("chosen", e.chosen_ids, chosen[i]), ("rejected", e.rejected_ids, rejected[i])):
+            points.append({"length": len(ids), "reward": float(reward), "kind": kind, "which": f"pair {i} · {which}"})
     return points

@@ -1,17 +1,18 @@
 """Starting trainers from the app: build the trainer's own config dataclass, then hand it to the job runner.
 
 What it is: the pages never construct configs by hand; they pass the user's choices
-(model, weights, β, ...) here, and this module fills the trainer's config (the same
-dataclass the CLI and the notebooks build) keeping only fields the config has.
-``RLHF_WORKBENCH_SHORT`` (JSON, e.g. '{"ppo": {"num_iterations": 1}, "preference": {"num_steps": 2}}')
-overrides fields for tests and quick demos.
+(model, weights, β, ...) here, and this module builds the trainer's config class, looked
+up by run kind (``core.trainers.launch.config_class``: the same dataclass the CLI, the
+notebooks and the job launcher build). A field the config class does not have is an
+error that names it, never silently dropped. ``RLHF_WORKBENCH_SHORT`` (JSON, e.g.
+'{"ppo": {"num_iterations": 1}, "preference": {"num_steps": 2}}') overrides fields for
+tests and quick demos; it must name real fields too.
 
-What it leaves out: the training itself (``core.trainers.*``), the thread (``workbench.jobs``).
+What it leaves out: the training itself (``core.trainers.*``), the process (``workbench.jobs``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -31,13 +32,13 @@ def env_overrides(section: str) -> dict:
     return part if isinstance(part, dict) else {}
 
 
-def _fields(cls_or_obj) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls_or_obj)}
+def build(kind: str, overrides: dict, base=None):
+    """The config of trainer ``kind`` ("ppo", "dpo", "simpo", ...): ``base`` (default: the class defaults) with
+    ``overrides``; a field the class does not have raises ``TrainingError`` naming it."""
+    from core.trainers.launch import build_config, config_class
 
-
-def _apply(config, overrides: dict):
-    known = _fields(config)
-    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if k in known})
+    cls = config_class(kind)
+    return build_config(cls, overrides, base=base if base is not None else cls())
 
 
 def ppo_reward_specs() -> dict[str, str]:
@@ -60,8 +61,8 @@ def ppo_reward_specs() -> dict[str, str]:
 
 
 def short_ppo(model: str, weights: dict[str, float], kl_coef: float, **extra):
-    """(train_ppo, config): the lab's short PPO with these reward weights and β."""
-    from core.trainers.ppo import short_ppo_config, train_ppo
+    """The lab's short PPO config (``PPOConfig``) with these reward weights and β."""
+    from core.trainers.ppo import short_ppo_config
 
     specs = ppo_reward_specs()
     names = [n for n, w in weights.items() if w != 0.0] or list(weights)[:1]
@@ -76,27 +77,18 @@ def short_ppo(model: str, weights: dict[str, float], kl_coef: float, **extra):
         **extra,
         **env_overrides("ppo"),
     }
-    return train_ppo, _apply(short_ppo_config(), overrides)
+    return build("ppo", overrides, base=short_ppo_config())
 
 
 def preference(algorithm: str, model: str, dataset: str, beta: float, label_smoothing: float = 0.0,
                gamma_beta_ratio: float = 0.5, num_steps: int = 10, **extra):
-    """(train_fn, config) for a short DPO or SimPO run on ``dataset`` (name or .jsonl path)."""
-    if algorithm == "SimPO":
-        from core.trainers import simpo as mod
-
-        train_fn = mod.train_simpo
-    else:
-        from core.trainers import dpo as mod
-
-        train_fn = mod.train_dpo
-    cls = next(v for k, v in vars(mod).items() if k.endswith("Config") and dataclasses.is_dataclass(v) and v.__module__ == mod.__name__)
-    config = cls()
+    """The config of a short DPO or SimPO run on ``dataset`` (name or .jsonl path); its kind is ``algorithm.lower()``."""
+    per_algorithm = {"label_smoothing": float(label_smoothing)} if algorithm == "DPO" else {"gamma_beta_ratio": float(gamma_beta_ratio)}
     overrides = {
-        "model_name_or_path": model, "dataset": dataset, "beta": float(beta), "label_smoothing": float(label_smoothing),
-        "gamma_beta_ratio": float(gamma_beta_ratio), "num_steps": int(num_steps), "lora": True,
+        "model_name_or_path": model, "dataset": dataset, "beta": float(beta), **per_algorithm,
+        "num_steps": int(num_steps), "lora": True,
         # a short run: only the pairs the steps will see (the reference pass covers the whole train set) and a small eval set
         "train_size": min(256, max(16, int(num_steps) * 8)), "eval_size": 16,
         **extra, **env_overrides("preference"),
     }
-    return train_fn, _apply(config, overrides)
+    return build(algorithm.lower(), overrides)

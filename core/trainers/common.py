@@ -3,9 +3,14 @@
 The algorithms themselves live in their own files; this file holds only what
 would otherwise be copied into each of them.
 
-- ``run_guard(run)``: a context manager that marks the run ``finished`` on success
-  and ``failed`` with a one-line explanation on any exception (CUDA out of memory,
-  a non-finite loss, bad data), leaving the last checkpoint and metrics intact.
+- ``run_guard(run)``: a context manager that marks the run ``finished`` on success,
+  ``stopped`` when the trainer ended early on a stop request, and ``failed`` with a
+  one-line explanation on any exception (CUDA out of memory, a non-finite loss, bad
+  data), leaving the last checkpoint and metrics intact.
+- ``request_stop()`` / ``stop_requested(accelerator)``: a clean stop. The job launcher
+  (``core.trainers.launch``) calls ``request_stop`` on SIGTERM; each trainer asks
+  ``stop_requested`` once per step and, when true, saves a checkpoint and leaves its
+  loop, so the run can continue later with ``resume_from``.
 - ``check_finite(loss, step)``: raises ``NonFiniteLossError`` naming the step.
 - ``save_checkpoint`` / ``restore_checkpoint``: trainable weights, optimizer and RNG state;
   ``learning_rate_at``: the warm-up schedule as a pure function of the step.
@@ -18,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import threading
+from pathlib import Path
 from typing import Any, Callable
 
 from core.metrics import is_defined
@@ -105,16 +112,51 @@ def explain_exception(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text}"
 
 
+_STOP = threading.Event()  # set by request_stop(), e.g. from the launcher's SIGTERM handler
+_STOP_HONOURED = threading.Event()  # set once a trainer saw the request and left its loop
+
+
+def request_stop() -> None:
+    """Ask the running trainer to stop after its current step (safe to call from a signal handler)."""
+    _STOP.set()
+
+
+def stop_requested(accelerator=None) -> bool:
+    """Whether to stop after this step. Call once per step, on every process: under DDP the
+    request of any process counts (a collective), so that all processes leave the loop together.
+    A trainer that gets True saves a checkpoint and breaks; ``run_guard`` then marks the run "stopped".
+    """
+    stop = _STOP.is_set()
+    if accelerator is not None and accelerator.num_processes > 1:
+        import torch
+
+        flag = torch.tensor(float(stop), device=accelerator.device)
+        stop = bool(accelerator.reduce(flag, "max") > 0)
+    if stop:
+        _STOP_HONOURED.set()
+    return stop
+
+
+def stop_honoured() -> bool:
+    """Whether the running training left its loop on a stop request (it then skips its final export)."""
+    return _STOP_HONOURED.is_set()
+
+
 @contextlib.contextmanager
 def run_guard(run: Run):
-    """Mark ``run`` finished on success, failed (with the reason) on any exception, then re-raise."""
+    """Mark ``run`` finished on success (stopped if it ended on a stop request), failed (with the reason)
+    on any exception, then re-raise."""
+    _STOP_HONOURED.clear()
     try:
         yield run
     except BaseException as exc:
         run.set_status("failed", error=explain_exception(exc))
         raise
     else:
-        run.set_status("finished")
+        run.set_status("stopped" if _STOP_HONOURED.is_set() else "finished")
+    finally:
+        _STOP.clear()
+        _STOP_HONOURED.clear()
 
 
 class Logger:
@@ -184,14 +226,21 @@ def _default_of(field):
     return None
 
 
-def open_run(kind: str, config, is_main: bool):
+def open_run(kind: str, config, is_main: bool, run: Run | None = None):
     """(run or None on non-main processes, start step, checkpoint folder or None) for a new or resumed run.
 
-    Resuming truncates metrics and samples after the checkpoint's step, so the run
-    continues the same history.
+    run: a run folder created by the caller (the app's job launcher); without it a new
+    folder is created here. Resuming (``config.resume_from``) truncates metrics and
+    samples after the checkpoint's step, so the run continues the same history.
     """
+    if run is not None and run.kind != kind:
+        raise TrainingError(f"{run.path} is a '{run.kind}' run, not '{kind}'")
     if not config.resume_from:
-        return (Run.create(kind, config, name=config.run_name or None) if is_main else None), 0, None
+        if run is None and is_main:
+            run = Run.create(kind, config, name=config.run_name or None)
+        return (run if is_main else None), 0, None
+    if run is not None and run.path.resolve() != Path(config.resume_from).resolve():
+        raise TrainingError(f"resume_from={config.resume_from} is not the run folder given ({run.path})")
     run = Run.open(config.resume_from)
     if run.kind != kind:
         raise TrainingError(f"cannot resume {run.path}: it is a '{run.kind}' run, not '{kind}'")

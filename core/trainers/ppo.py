@@ -60,7 +60,7 @@ from core.models import DEFAULT_MODEL
 from core.rl import AdaptiveKLController, FixedKLController, gae, kl_penalized_rewards, masked_mean, masked_whiten
 from core.runstore import Run
 from core.trainers.common import (Logger, TrainingError, adamw, available_trackers, check_finite, open_run, resumed_config,
-                                  run_guard, seed_everything)
+                                  run_guard, seed_everything, stop_honoured, stop_requested)
 from core.trainers.rollout import Rollout, generate, score_tokens
 
 
@@ -276,7 +276,7 @@ def compute_advantages(shaped_rewards, values, mask, gamma=1.0, lam=0.95, whiten
 # ---------------------------------------------------------------------------- the algorithm
 
 
-def train_ppo(config: PPOConfig, on_log=None, *, extra_rewards: dict | None = None) -> Run:
+def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_rewards: dict | None = None) -> Run:
     """Train with PPO; returns the Run (metrics, samples, checkpoints). extra_rewards: name -> RewardComponent objects."""
     from tqdm.auto import tqdm
 
@@ -293,7 +293,7 @@ def train_ppo(config: PPOConfig, on_log=None, *, extra_rewards: dict | None = No
     trackers = available_trackers(config.trackers)
     accelerator = make_accelerator(config.gradient_accumulation_steps, cpu=config.cpu, log_with=trackers or None)
     main = accelerator.is_main_process
-    run, resumed_step, checkpoint_folder = open_run("ppo", config, main)
+    run, resumed_step, checkpoint_folder = open_run("ppo", config, main, run=run)
     log = Logger(run if main else None, on_log if main else None, accelerator)
 
     with run_guard(run) if main else contextlib.nullcontext():
@@ -429,6 +429,7 @@ def train_ppo(config: PPOConfig, on_log=None, *, extra_rewards: dict | None = No
             kl_per_sequence = per_token_kl.sum(-1)  # (B,)
             # beta follows the KL of the global batch: every process makes the same update (and saves the same beta)
             kl_ctl.update(accelerator.reduce(kl_per_sequence.mean(), "mean"), n_steps=len(rollout) * accelerator.num_processes)
+            stop = stop_requested(accelerator)  # asked to stop: checkpoint this iteration, then leave the loop
 
             # ---- 6. log: TRL names (core/metrics.py) and per-token samples for the app's heatmaps
             if main:
@@ -464,13 +465,16 @@ def train_ppo(config: PPOConfig, on_log=None, *, extra_rewards: dict | None = No
                                 "time/update_s": t_update, "time/step_s": time.perf_counter() - t_step})
                 log(iteration, metrics)
                 bar.set_postfix(scores=f"{float(score_total):.3f}", kl=f"{float(kl_per_sequence.mean()):.3f}")
-                if (config.save_every and iteration % config.save_every == 0) or iteration == config.num_iterations:
+                if (config.save_every and iteration % config.save_every == 0) or iteration == config.num_iterations or stop:
                     run.save_checkpoint(iteration, trainable_state_dict(unwrapped), optimizer=optimizer.optimizer
                                         if hasattr(optimizer, "optimizer") else optimizer,
                                         state={"kl_coef": kl_ctl.value, "rng": rng_state(), "config": asdict(config)})
             accelerator.wait_for_everyone()
-        from core.export import export_model  # 8. export the policy only (no value head/critic) on the main process
-        export_model(run if main else None, policy, tokenizer, merge=config.export_merged)
+            if stop:
+                break
+        if not stop_honoured():  # a stopped run is exported when it finishes (resume_from)
+            from core.export import export_model  # 8. export the policy only (no value head/critic) on the main process
+            export_model(run if main else None, policy, tokenizer, merge=config.export_merged)
     accelerator.end_training()
     return run
 

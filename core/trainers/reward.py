@@ -52,7 +52,7 @@ from pathlib import Path
 from core.models import DEFAULT_MODEL
 from core.runstore import Run
 from core.trainers.common import (Logger, OnLog, TrainingError, adamw, available_trackers, check_finite, resumed_config, run_guard,
-                                  seed_everything)
+                                  seed_everything, stop_requested)
 
 
 @dataclass
@@ -235,9 +235,9 @@ def batch_schedule(n: int, batch_size: int, epochs: int, seed: int) -> list[list
             for i in range(0, n, batch_size)]
 
 
-def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run | None:
+def train_reward_model(config: RewardConfig, on_log: OnLog | None = None, *, run: Run | None = None) -> Run | None:
     """Train a Bradley-Terry reward model; returns its run (``run.status()["model_path"]`` is the saved folder),
-    or None on the non-main processes of a DDP launch."""
+    or None on the non-main processes of a DDP launch. run: a run folder created by the caller (else one is created)."""
     import torch
     from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
@@ -255,7 +255,7 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run
     rank, world = accelerator.process_index, accelerator.num_processes
     # only the main process writes the run; every process reads a resumed run's checkpoint and cached features
     resumed = Run.open(config.resume_from) if config.resume_from else None
-    run = (resumed or Run.create("reward", config, name=name)) if main else None
+    run = (run or resumed or Run.create("reward", config, name=name)) if main else None
     with run_guard(run) if main else contextlib.nullcontext():
         seed_everything(config.seed)
         if run is not None:
@@ -380,8 +380,12 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None) -> Run
             log(step, metrics)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics.get('eval/rm/accuracy', metrics['rm/accuracy']):.2f}")
-            if run is not None and ((config.save_every and step % config.save_every == 0) or step == total_steps):
+            stop = stop_requested(accelerator)  # asked to stop: checkpoint now and leave without saving a model
+            if run is not None and ((config.save_every and step % config.save_every == 0) or step == total_steps or stop):
                 run.save_checkpoint(step, trainable_state_dict(model), optimizer, state={"rng": rng_state()})
+            if stop:
+                bar.close()
+                return run
         bar.close()
 
         # 6. save ---------------------------------------------------------------------------

@@ -41,7 +41,9 @@ import time
 from dataclasses import asdict, dataclass
 
 from core.models import DEFAULT_MODEL
-from core.trainers.common import Logger, OnLog, adamw, check_finite, open_run, resumed_config, run_guard, seed_everything
+from core.runstore import Run
+from core.trainers.common import (Logger, OnLog, adamw, check_finite, open_run, resumed_config, run_guard, seed_everything,
+                                  stop_honoured, stop_requested)
 
 
 @dataclass
@@ -152,7 +154,7 @@ def evaluate(model, examples, config: SFTConfig, tokenizer, accelerator=None):
     return {"eval/loss": float(loss), "eval/sft/perplexity": math.exp(float(loss))}, samples
 
 
-def train_sft(config: SFTConfig, on_log: OnLog | None = None):
+def train_sft(config: SFTConfig, on_log: OnLog | None = None, *, run: Run | None = None):
     """Supervised fine-tuning with a completion-only loss; returns the ``Run`` (None on non-main DDP processes)."""
     import torch
 
@@ -166,7 +168,7 @@ def train_sft(config: SFTConfig, on_log: OnLog | None = None):
     config = resumed_config(config)
     accelerator = make_accelerator(config.gradient_accumulation_steps, cpu=config.cpu,
                                    log_with=available_trackers(config.trackers) or None)
-    run, start_step, checkpoint = open_run("sft", config, accelerator.is_main_process)
+    run, start_step, checkpoint = open_run("sft", config, accelerator.is_main_process, run=run)
     with run_guard(run) if run is not None else contextlib.nullcontext():
         if config.trackers:
             accelerator.init_trackers("rlhf-workbench-sft", config=asdict(config))
@@ -243,11 +245,15 @@ def train_sft(config: SFTConfig, on_log: OnLog | None = None):
                 log(step, metrics)
                 if run is not None:
                     run.log_samples(step, samples)
-            if (config.save_every and step % config.save_every == 0) or step == num_steps:
+            stop = stop_requested(accelerator)  # asked to stop: checkpoint now, then leave the loop
+            if (config.save_every and step % config.save_every == 0) or step == num_steps or stop:
                 accelerator.wait_for_everyone()
                 save_checkpoint(run, step, accelerator.unwrap_model(model), optimizer)
-        from core.export import export_model  # 6. export RUN_FOLDER/model (run is None off the main process)
-        export_model(run, accelerator.unwrap_model(model), tokenizer, merge=config.export_merged)
+            if stop:
+                break
+        if not stop_honoured():  # a stopped run is exported when it finishes (resume_from)
+            from core.export import export_model  # 6. export RUN_FOLDER/model (run is None off the main process)
+            export_model(run, accelerator.unwrap_model(model), tokenizer, merge=config.export_merged)
         if config.trackers:
             accelerator.end_training()
     return run
