@@ -159,7 +159,7 @@ def metric_series(rows: list[dict], metric: str) -> list[tuple[float, float]]:
 
 
 def length_scatter(points: list[dict]) -> go.Figure:
-    """Implicit reward against response length: points have length, reward, kind ("DPO: sum" / "SimPO: average"), which."""
+    """Implicit reward against response length: points have length, reward, kind (which reward, shown in the legend), which."""
     fig = go.Figure()
     for kind in sorted({p["kind"] for p in points}):
         sel = [p for p in points if p["kind"] == kind]
@@ -171,7 +171,7 @@ def length_scatter(points: list[dict]) -> go.Figure:
             )
         )
     fig.update_layout(
-        height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10}, title="implicit reward vs response length",
+        height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10}, title="implicit reward vs response length", showlegend=True,
         xaxis_title="response length (tokens)", yaxis_title="implicit reward",
     )
     return fig
