@@ -101,13 +101,14 @@ def test_stop_ppo_job_keeps_a_checkpoint_and_resumes(jobs):
     step, _ = run.latest_checkpoint()
     assert 1 <= step < total and run.status()["step"] == step  # stopped after the iteration it was in, with its checkpoint
     assert max(m["step"] for m in run.metrics()) == step
+    assert not (run.path / "model").exists()  # exported only once it finishes
 
     resumed = jobs.resume(job)
     assert resumed.run_path == job.run_path
     jobs.wait(resumed, 300)
     assert resumed.state == "finished", (resumed.error, (run.path / "train.log").read_text()[-2000:])
     assert [m["step"] for m in run.metrics()] == list(range(1, total + 1))  # one history, no repeated iterations
-    assert run.latest_checkpoint()[0] == total
+    assert run.latest_checkpoint()[0] == total and (run.path / "model").is_dir()
 
 
 def test_implicit_rewards_equal_a_naive_computation(tiny_model_path):

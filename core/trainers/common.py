@@ -10,7 +10,8 @@ would otherwise be copied into each of them.
 - ``request_stop()`` / ``stop_requested(accelerator)``: a clean stop. The job launcher
   (``core.trainers.launch``) calls ``request_stop`` on SIGTERM; each trainer asks
   ``stop_requested`` once per step and, when true, saves a checkpoint and leaves its
-  loop, so the run can continue later with ``resume_from``.
+  loop, so the run can continue later with ``resume_from`` (``stop_honoured()``: it did;
+  the final export is then left to the resumed run).
 - ``check_finite(loss, step)``: raises ``NonFiniteLossError`` naming the step.
 - ``save_checkpoint`` / ``restore_checkpoint``: trainable weights, optimizer and RNG state;
   ``learning_rate_at``: the warm-up schedule as a pure function of the step.
