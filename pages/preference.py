@@ -162,7 +162,11 @@ def scatter_panel(model: str, records) -> None:
         st.session_state[K("points")] = (source, model, points)
     stored = st.session_state.get(K("points"))
     if stored and stored[0] == source and (source != UNTRAINED or stored[1] == model):
-        st.plotly_chart(charts.length_scatter(stored[2]), key=K("scatter"), width="stretch")
+        if stored[2]:
+            st.plotly_chart(charts.length_scatter(stored[2]), key=K("scatter"), width="stretch")
+        else:
+            st.info("This run held out no pairs (its data set was too small to keep any out of training): there is no "
+                    "held-out pair to score.")
 
 
 def main() -> None:

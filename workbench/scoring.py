@@ -151,7 +151,7 @@ def run_implicit_rewards(run_path: str, n: int, device: str = "cpu") -> list[dic
 
     Policy: the run's latest checkpoint; reference (DPO): the run's base model. Returns
     points {length, reward, kind, which} for ``charts.length_scatter`` (length: response
-    tokens, EOS included). See ``core.implicit_rewards`` for the definitions.
+    tokens, EOS included; [] when the run held out no pairs). See ``core.implicit_rewards``.
     """
     import torch
 
@@ -163,6 +163,8 @@ def run_implicit_rewards(run_path: str, n: int, device: str = "cpu") -> list[dic
     config = run_config(run)
     tokenizer = load_tokenizer(config.model_name_or_path)
     examples = held_out_examples(config, tokenizer)[:n]
+    if not examples:  # eval_size=0 (e.g. a 1-pair upload): no held-out pair to score
+        return []
     policy = trained_policy(run, device)
     reference = None  # LoRA: the policy with its adapters off; SimPO: none
     if run.kind == "dpo" and not config.lora:
