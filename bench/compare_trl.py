@@ -300,7 +300,8 @@ def ours_reward_worker(spec: dict, out_path: str, t_start: float) -> None:
 def ours_ppo_worker(spec: dict, out_path: str, t_start: float) -> None:
     """Our PPO on the same work as TRL 1.12's PPOTrainer: full fine-tune, frozen reference copy, separate critic,
     the reward model as a frozen scalar-head model, fixed-length responses, no gradient clipping (TRL's PPO loop
-    does not clip), AdamW weight decay 0.01 on both sides, constant learning rate, no evaluation or samples."""
+    does not clip), AdamW weight decay 0.01 on both sides, constant learning rate, no evaluation or samples, raw
+    prompt text (no chat template: TRL's side tokenises the prompts as they are)."""
     import hashlib
     import resource
 
@@ -317,7 +318,7 @@ def ours_ppo_worker(spec: dict, out_path: str, t_start: float) -> None:
         cliprange_value=spec["cliprange_value"], vf_coef=spec["vf_coef"], ppo_epochs=spec["num_ppo_epochs"],
         batch_size=B, minibatch_size=B // spec["num_mini_batches"], learning_rate=spec["learning_rate"],
         max_grad_norm=0.0, max_new_tokens=spec["response_length"], min_new_tokens=spec["min_new_tokens"],
-        max_prompt_tokens=PPO_PROMPT_TOKENS, temperature=spec["temperature"], top_k=0, top_p=1.0,
+        max_prompt_tokens=PPO_PROMPT_TOKENS, chat_template=False, temperature=spec["temperature"], top_k=0, top_p=1.0,
         num_iterations=spec["num_iterations"], value_model="separate", lora=False, eval_every=0, samples_per_log=0,
         seed=spec["seed"], save_every=0, run_name="bench-compare-trl-ppo", cpu=True,
     )

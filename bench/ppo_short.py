@@ -60,8 +60,8 @@ def ablate(prompts: str, max_new_tokens: int = 24, batch: int = 8) -> None:
 
     from core.data import load_prompts
     from core.models import DEFAULT_MODEL, apply_lora, load_causal_lm, load_tokenizer
-    from core.trainers.ppo import PolicyWithValue
-    from core.trainers.rollout import generate, score_tokens
+    from core.rollout import generate, score_tokens
+    from core.value_head import PolicyWithValue
 
     tok = load_tokenizer(DEFAULT_MODEL)
     policy = apply_lora(load_causal_lm(DEFAULT_MODEL, device="cpu"))

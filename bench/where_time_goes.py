@@ -135,7 +135,7 @@ def preference_batch(tok) -> dict:
 
 def ppo_rollout(tok, vocab):
     """4 distinct HH prompts of <= 128 tokens, left-padded, + 32 random response tokens each."""
-    from core.trainers.rollout import Rollout
+    from core.rollout import Rollout
 
     prompts = []
     for r in hh_records(400):
@@ -257,9 +257,9 @@ def ppo_section(path, tok, timed):
     """Returns (FLOPs of ours' minibatch, ours' timings) for the FLOP check."""
     from core.logprobs import selective_log_softmax
     from core.packing import Packing
+    from core.rollout import score_tokens
     from core.trainers.common import adamw
     from core.trainers.ppo import PPOConfig, build_models
-    from core.trainers.rollout import score_tokens
 
     torch.manual_seed(0)
     model, reference = build_models(PPOConfig(model_name_or_path=path, lora=False, value_model="separate"),

@@ -14,9 +14,15 @@ never trains on, named as in ``core/metrics.py``:
     eval/distinct_{1,2,3}    distinct n-grams / n-grams over all samples (Li et al. 2016)
     eval/length              mean response tokens
 
-Sampling uses its own fixed seed inside ``torch.random.fork_rng``, so evaluating
-does not change the training run's random stream and two evaluations of the same
-policy see the same sampling noise (differences are the policy's).
+Sampling uses its own fixed seed inside ``torch.random.fork_rng`` over the CPU RNG
+and the RNG of the policy's CUDA device (``rng_devices``), so evaluating does not
+change the training run's random stream on either and two evaluations of the same
+policy see the same sampling noise (differences are the policy's). Prompts go through
+the same formatting as training (``core.rollout``, ``chat_template``).
+
+Where it lives: in ``core/`` beside ``core/rollout.py`` (its sampler) and
+``core/rewards`` (its scorers), not under ``core/trainers``: PPO calls it during
+training, but it evaluates any causal LM with ``generate`` (a finished run's policy too).
 
 What it leaves out: the Perspective API (toxicity is scored by profanity-check, or any
 object with ``probability(texts)``), k = 25 (too slow on a CPU; k is a setting).
@@ -28,7 +34,21 @@ from __future__ import annotations
 
 import torch
 
+from core.rollout import generate
+
 TOXIC_THRESHOLD = 0.5
+
+
+def rng_devices(policy) -> tuple[list[int], str]:
+    """(device indices, device type) whose RNG sampling with ``policy`` draws from, for ``torch.random.fork_rng``.
+
+    The CPU RNG is always forked; a CUDA policy adds its own device, so sampling there
+    leaves the training run's CUDA random state as it was. Other devices: CPU only.
+    """
+    device = next(policy.parameters()).device
+    if device.type == "cuda":
+        return [device.index if device.index is not None else torch.cuda.current_device()], "cuda"
+    return [], "cuda"
 
 
 def toxicity_stats(tox: list[float], k: int) -> dict[str, float]:
@@ -44,28 +64,32 @@ def toxicity_stats(tox: list[float], k: int) -> dict[str, float]:
 
 def evaluate_policy(policy, tokenizer, prompts: list[str], components: dict, *, reference=None, k: int = 2,
                     max_new_tokens: int = 24, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                    batch_size: int = 16, seed: int = 0, toxicity_scorer=None) -> tuple[dict, list[dict]]:
+                    batch_size: int = 16, seed: int = 0, toxicity_scorer=None, chat_template: bool = False,
+                    max_prompt_tokens: int | None = 64) -> tuple[dict, list[dict]]:
     """Sample k responses per held-out prompt and score them. Returns (metrics, samples).
 
     policy: a causal LM with ``generate``. reference: a zero-argument callable returning a
     context manager that yields the frozen reference model (for perplexity); None skips
     perplexity. components: name -> RewardComponent. samples: [{prompt, response, toxicity}].
+    chat_template, max_prompt_tokens: prompt formatting, as ``core.rollout.generate`` (pass the
+    training run's settings). Perplexity is of the response after the formatted prompt.
     """
     from core.rewards.fluency import distinct_n, perplexity
     from core.rewards.tensor import compute_token_rewards
     from core.rewards.toxicity import ProfanityToxicity
-    from core.trainers.rollout import generate
+    from core.rollout import format_prompts
 
     if not prompts:
         return {}, []
     repeated = [p for p in prompts for _ in range(k)]  # prompt-major: rows b*k .. b*k+k-1 share a prompt
     texts, lengths, totals = [], [], {name: [] for name in components}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    devices, device_type = rng_devices(policy)
+    with torch.random.fork_rng(devices=devices, device_type=device_type):
+        torch.manual_seed(seed)  # seeds the CPU and every CUDA device
         for start in range(0, len(repeated), batch_size):
             chunk = repeated[start:start + batch_size]
             ro = generate(policy, tokenizer, chunk, max_new_tokens=max_new_tokens, temperature=temperature,
-                          top_k=top_k, top_p=top_p)
+                          top_k=top_k, top_p=top_p, chat_template=chat_template, max_prompt_tokens=max_prompt_tokens)
             tr = compute_token_rewards(chunk, ro.response_ids.cpu(), tokenizer, components,
                                        response_mask=ro.response_mask.cpu())
             texts += tr.texts
@@ -78,7 +102,8 @@ def evaluate_policy(policy, tokenizer, prompts: list[str], components: dict, *, 
     metrics.update(toxicity_stats(tox, k))
     if reference is not None:
         with reference() as ref_model:
-            ppl = perplexity(ref_model, tokenizer, repeated, texts, batch_size=batch_size)  # (N*k,), NaN if empty
+            contexts = format_prompts(tokenizer, repeated, chat_template=chat_template, max_prompt_tokens=max_prompt_tokens)
+            ppl = perplexity(ref_model, tokenizer, contexts, texts, batch_size=batch_size)  # (N*k,), NaN if empty
         finite = ppl[torch.isfinite(ppl)]
         metrics["eval/perplexity"] = float(finite.log().mean().exp()) if len(finite) else float("nan")
     for n in (1, 2, 3):

@@ -19,6 +19,10 @@ What it does
   ``train_only_last_layers`` freezes the adapters of all but the last blocks.
 - A PEFT adapter folder (what a LoRA run exports, ``core.export``) loads as its base
   model with the adapter merged in: ``load_causal_lm(RUN_FOLDER / "model")``.
+- ``load_trainable_model`` is the one way trainers load what they train: every
+  trainable parameter in fp32 (``fp32_trainable``: AdamW's state and updates are fp32
+  even when the frozen weights are bf16 and the forward runs under bf16 autocast) and,
+  by default, every dropout probability 0 (``disable_dropout``).
 
 What it leaves out: quantised training (weights are de-quantised to fp32/bf16),
 GGUF files other than the default one.
@@ -26,6 +30,7 @@ GGUF files other than the default one.
     from core.models import load_causal_lm, load_tokenizer
     tok = load_tokenizer()          # default model
     model = load_causal_lm()        # fp32 on CPU, bf16 on CUDA
+    policy = load_trainable_model(lora=LoraSettings())   # frozen bf16/fp32 backbone, fp32 adapters
 """
 
 from __future__ import annotations
@@ -405,6 +410,83 @@ def reference_mode(model):
     if not is_peft_model(model):
         raise TypeError("reference_mode needs a peft model with LoRA adapters; keep a separate frozen reference otherwise")
     return model.disable_adapter()
+
+
+# ----------------------------------------------------------------------------- models to train
+
+
+def fp32_trainable(model):
+    """Cast every parameter that requires grad to fp32 in place (frozen ones keep their dtype); returns ``model``.
+
+    Why: AdamW on bf16 weights has no fp32 master copy, so an update smaller than the
+    weight's bf16 spacing (2^-8 relative) rounds away. With fp32 trainable weights the
+    optimizer state and updates are fp32, and the forward can still run in bf16 under
+    autocast (accelerate's ``mixed_precision="bf16"`` on CUDA). Tied weights share one
+    parameter, so they stay tied.
+    """
+    import torch
+
+    for p in model.parameters():
+        if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return model
+
+
+def disable_dropout(model):
+    """Set every dropout probability of ``model`` to 0 in place; returns ``model``.
+
+    Covers ``nn.Dropout`` modules (as TRL's ``disable_dropout_in_model``) and also float
+    attributes named ``*dropout`` on modules and configs (e.g. Llama's
+    ``attention_dropout``, which attention reads as a number, not through a module).
+    RL and preference trainers score the same tokens in several passes (old log-probs,
+    the update, the reference) and compare the results: dropout would make a policy
+    differ from itself, so the first PPO ratio would not be 1.
+    """
+    from torch import nn
+
+    def zero(obj):
+        for name, value in list(vars(obj).items()):
+            if name.endswith("dropout") and isinstance(value, float):
+                setattr(obj, name, 0.0)
+
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        zero(module)
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "to_dict"):  # a transformers config
+            zero(config)
+    return model
+
+
+def load_trainable_model(model_name_or_path: str = DEFAULT_MODEL, *, head: str = "causal_lm",
+                         lora: LoraSettings | None = None, device=None, dtype=None, keep_dropout: bool = False,
+                         trust_remote_code: bool = False):
+    """The model a trainer trains (in eval mode, like the loaders): fp32 trainable weights whatever ``dtype`` says.
+
+    head: "causal_lm" (a policy, ``load_causal_lm``) or "score" (a scalar-head model:
+    reward model or separate critic, ``load_reward_model``).
+    lora: train LoRA adapters on a frozen backbone loaded in ``dtype`` (default bf16 on
+    CUDA, fp32 on CPU); None trains every weight, so the whole model is loaded in fp32
+    (an fp32 checkpoint is never rounded through bf16). Then every parameter that
+    requires grad is made fp32 (``fp32_trainable``): LoRA adapters, a score head that
+    peft keeps trainable, everything when lora is None. A caller that freezes more
+    afterwards keeps fp32 on what stays trainable.
+    keep_dropout: keep the model's dropout (SFT's regulariser); False (default) sets every
+    dropout probability to 0 (``disable_dropout``), as TRL does for PPO, DPO and reward models.
+    """
+    import torch
+
+    if head not in ("causal_lm", "score"):
+        raise ValueError(f"head must be 'causal_lm' or 'score', got {head!r}")
+    load = load_causal_lm if head == "causal_lm" else load_reward_model
+    model = load(model_name_or_path, device=device, dtype=dtype if lora is not None else torch.float32,
+                 trust_remote_code=trust_remote_code)
+    if lora is not None:
+        model = apply_lora(model, lora, task_type="CAUSAL_LM" if head == "causal_lm" else "SEQ_CLS")
+    if not keep_dropout:
+        disable_dropout(model)
+    return fp32_trainable(model)
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -54,7 +54,14 @@ def masked_whiten(x, mask, shift_mean=True):
 
     Used to normalise advantages across a batch (as TRL / OpenAI lm-human-preferences do).
     Masked-out positions are 0 in the output.
+
+    Fewer than 2 masked positions (batch size 1 with an immediate EOS) have no spread to
+    divide by: whitening is skipped and x is returned as is (masked). Centring alone would
+    set a lone advantage to 0 and silently drop that sample's only learning signal; the
+    unwhitened value keeps its sign and size.
     """
+    if int(mask.bool().sum()) < 2:
+        return torch.where(mask.bool(), x, torch.zeros_like(x))
     mean, var = masked_mean(x, mask), masked_var(x, mask)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
@@ -182,3 +189,25 @@ class AdaptiveKLController:
         proportional_error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + proportional_error * n_steps / self.horizon
         return self.value
+
+
+# ---------------------------------------------------------------------------- PPO phases 3-4
+
+
+def shape_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator="k1", whiten=False):
+    """PPO phase 3. scores: (B, T) weighted task reward per token. Returns (shaped_rewards, per_token_kl), (B, T).
+
+    shaped_rewards = scores - kl_coef * KL_t (``kl_penalized_rewards``), then optionally
+    whitened over the batch (scale only, mean kept; as TRL's whiten_rewards).
+    """
+    shaped_rewards, per_token_kl = kl_penalized_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator)
+    if whiten:
+        shaped_rewards = masked_whiten(shaped_rewards, mask, shift_mean=False)
+    return shaped_rewards, per_token_kl
+
+
+def compute_advantages(shaped_rewards, values, mask, gamma=1.0, lam=0.95, whiten=True):
+    """PPO phase 4. GAE on (B, T) rewards and values. Returns (advantages (whitened if asked), raw_advantages, returns)."""
+    raw_advantages, returns = gae(shaped_rewards, values, mask, gamma=gamma, lam=lam)
+    advantages = masked_whiten(raw_advantages, mask) if whiten else raw_advantages
+    return advantages, raw_advantages, returns

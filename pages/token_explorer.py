@@ -70,18 +70,14 @@ def _spans_of(record: dict) -> list[dict]:
 
 
 def _sample(model: str, prompt: str, max_new_tokens: int) -> str:
-    import torch
+    """One response, sampled as PPO samples (``core.rollout``: the prompt as a chat turn when the model has a template)."""
+    from core.rollout import generate, response_texts
 
     tok = state.get_tokenizer(model)
     policy = state.get_policy(model, state.current_device())
-    if getattr(tok, "chat_template", None):
-        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-    else:
-        text = prompt
-    enc = tok(text, return_tensors="pt", add_special_tokens=False).to(policy.device)
-    with torch.inference_mode():
-        out = policy.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, top_p=0.95, pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    rollout = generate(policy, tok, [prompt], max_new_tokens=max_new_tokens, top_p=0.95, max_prompt_tokens=None,
+                       chat_template=True)
+    return response_texts(tok, rollout)[0]
 
 
 def pick_pair(model: str) -> tuple[str, str, list[dict]]:

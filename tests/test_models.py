@@ -1,4 +1,5 @@
-"""Model loading: the real default model offline, the cache, aliases, clear errors, LoRA reference, value head."""
+"""Model loading: the real default model offline, the cache, aliases, clear errors, LoRA reference, value head,
+fp32 trainable weights on a bf16 model, dropout off."""
 
 from __future__ import annotations
 
@@ -158,3 +159,93 @@ def test_cpu_defaults_to_fp32():
 
     assert default_dtype("cpu") == torch.float32
     assert mixed_precision_for("cpu") == "no"
+
+
+# ----------------------------------------------------------------------------- fp32 trainable weights, dropout off
+
+
+def _one_adamw_step(model, forward):
+    """One AdamW step (the trainers' own) on a bf16 autocast forward; returns the optimizer."""
+    from core.trainers.common import adamw
+
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as accelerate's mixed_precision="bf16" does on CUDA
+        loss = forward(model)
+    loss.float().backward()
+    optimizer.step()
+    return optimizer
+
+
+def _assert_fp32_training(model, optimizer):
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    state = [t for s in optimizer.state.values() for name, t in s.items() if name != "step"]
+    assert len(state) == 2 * len(trainable) and all(t.dtype == torch.float32 for t in state)  # exp_avg, exp_avg_sq
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_trainable_weights_and_adamw_state_are_fp32_on_a_bf16_model(tiny_model_path, lora):
+    from core.models import LoraSettings, load_trainable_model
+
+    model = load_trainable_model(str(tiny_model_path), lora=LoraSettings(r=4, alpha=8) if lora else None,
+                                 device="cpu", dtype=torch.bfloat16)
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert frozen == ({torch.bfloat16} if lora else set())  # LoRA: the frozen backbone stays bf16 (memory)
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    optimizer = _one_adamw_step(model, lambda m: m(input_ids=ids, labels=ids).loss)
+    _assert_fp32_training(model, optimizer)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("value_model", ["shared", "separate"])
+def test_ppo_policy_value_heads_and_critic_train_in_fp32_on_a_bf16_model(tiny_model_path, lora, value_model):
+    from core.models import LoraSettings
+    from core.value_head import build_policy_with_value
+
+    model, reference = build_policy_with_value(str(tiny_model_path), "cpu", lora=LoraSettings(r=4, alpha=8) if lora else None,
+                                               value_model=value_model, dtype=torch.bfloat16)
+    if lora:
+        assert reference is None
+    else:  # the frozen reference copy stays in the configured dtype
+        assert {p.dtype for p in reference.parameters()} == {torch.bfloat16}
+        assert not any(p.requires_grad for p in reference.parameters())
+    heads = [n for n, p in model.named_parameters() if p.requires_grad and ("v_head" in n or "score" in n)]
+    assert heads  # the value head / the critic's score head is trained, so it is fp32 too
+    ids = torch.tensor([[1, 5, 9, 13, 2], [1, 7, 3, 2, 2]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])
+
+    def loss(m):
+        logits, values = m(ids, mask)
+        return logits.float().logsumexp(-1).mean() + values.float().pow(2).mean() + values.float().mean()
+
+    optimizer = _one_adamw_step(model, loss)
+    _assert_fp32_training(model, optimizer)
+
+
+def _tiny_model_with_dropout(tiny_model_path, folder, p: float = 0.5):
+    """A copy of the tiny model whose config asks for attention dropout p."""
+    import json
+
+    shutil.copytree(tiny_model_path, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["attention_dropout"] = p
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_trainable_models_have_dropout_off_unless_kept(tiny_model_path, tmp_path):
+    from core.models import LoraSettings, load_trainable_model
+
+    folder = _tiny_model_with_dropout(tiny_model_path, tmp_path / "dropout")
+    ids = torch.tensor([[1, 5, 9, 13, 2, 8, 4]])
+    kept = load_trainable_model(str(folder), device="cpu", keep_dropout=True).train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert not torch.equal(kept(ids).logits, kept(ids).logits)  # the test can fail: dropout is live in train mode
+    model = load_trainable_model(str(folder), lora=LoraSettings(r=4, alpha=8, dropout=0.1), device="cpu").train()
+    assert model.config.attention_dropout == 0.0
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, model(ids).logits)
+        train_logits = model(ids).logits
+        assert torch.equal(train_logits, model.eval()(ids).logits)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.trainers.ppo import PPOConfig, build_models, compute_advantages, train_ppo
-from core.trainers.rollout import mask_after_eos
+from core.rollout import mask_after_eos
 
 PROMPTS = ["You are a", "I think that the", "The weather today is", "My friend said", "Why do people", "Tell me about"]
 
@@ -140,7 +140,7 @@ def test_tokens_after_the_first_eos_are_masked():
 
 
 def test_generate_pads_to_the_longest_response_and_masks_padding(tiny_model, tokenizer):
-    from core.trainers.rollout import generate
+    from core.rollout import generate
 
     torch.manual_seed(0)
     ro = generate(tiny_model, tokenizer, PROMPTS[:3], max_new_tokens=5)
@@ -151,7 +151,7 @@ def test_generate_pads_to_the_longest_response_and_masks_padding(tiny_model, tok
 
 
 def test_min_new_tokens_gives_fixed_length_responses(tiny_model, tokenizer):
-    from core.trainers.rollout import generate
+    from core.rollout import generate
 
     eos = tokenizer.eos_token_id
 

@@ -167,3 +167,16 @@ def test_adaptive_kl_controller_hand_computed():
     previous = ctl.value
     ctl.update(current_kl=0.0, n_steps=50)  # error -1 clipped to -0.2
     assert math.isclose(ctl.value, previous * (1 - 0.2 * 50 / 10000))
+
+
+def test_masked_whiten_skips_whitening_below_two_valid_tokens():
+    # batch size 1 with an immediate EOS: one valid token, no spread to divide by
+    x = torch.tensor([[0.7, 5.0, -3.0]])
+    mask = torch.tensor([[1, 0, 0]])
+    assert masked_whiten(x, mask).tolist() == [[pytest.approx(0.7), 0.0, 0.0]]
+    assert masked_whiten(x, mask, shift_mean=False).tolist() == [[pytest.approx(0.7), 0.0, 0.0]]
+    assert masked_whiten(x, torch.zeros_like(mask)).tolist() == [[0.0, 0.0, 0.0]]
+    from core.rl import compute_advantages
+
+    advantages, raw, _ = compute_advantages(x * mask, torch.zeros_like(x), mask)  # PPO phase 4 on that batch
+    assert torch.equal(advantages, raw) and torch.isfinite(advantages).all()

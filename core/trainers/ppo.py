@@ -15,14 +15,18 @@ optimised with PPO's clipped surrogate on GAE advantages of that shaped reward:
 
     L = -mean_t min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)  +  vf_coef * L_value  -  gamma_ptx * mean log pi(x_ptx)
 
+Models (core.value_head): the policy with a value head (or a separate critic), every
+trainable weight in fp32 (bf16 autocast on CUDA) and dropout off, so that the old
+log-probs and the update see the same policy (the first ratio is exactly 1).
+
 One iteration, the phases below in `train_ppo`:
-    1 rollout     sample responses (KV-cached generate), one pass for old log-probs + values,
-                  one inference pass for reference log-probs   (core.trainers.rollout)
+    1 rollout     prompts as chat turns (instruct models) or raw text, KV-cached sampling,
+                  one pass for old log-probs + values, one for reference log-probs   (core.rollout)
     2 score       every reward component -> TokenRewards; r_t = sum_k w_k r^k_t   (core.rewards.tensor)
     3 shape       r_t - beta * KL_t, fixed or adaptive beta, optional whitening   (core.rl)
     4 advantages  GAE + whitening                                                  (core.rl)
     5 update      epochs x minibatches of the clipped losses (+ ptx)              (core.losses)
-    6 log         TRL metric names (core/metrics.py) + per-token samples for the app
+    6 log         TRL metric names (core/metrics.py) + per-token samples for the app (core.trainers.ppo_logging)
     7 eval/save   held-out evaluation (core.evaluation), checkpoint
 
 Deviations from the papers: the ptx term uses a small text set (QA-Feedback answers,
@@ -45,23 +49,25 @@ Run it:
 from __future__ import annotations
 
 import contextlib
-import copy
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass, replace
 
 import torch
-from torch import nn
 
 from core.checkpoint import load_optimizer_tensors, load_trainable_state_dict, rng_state, set_rng_state, trainable_state_dict
 from core.data import load_prompts, load_ptx_texts
+from core.evaluation import evaluate_policy
 from core.losses import ppo_policy_loss, ppo_value_loss, ptx_loss
 from core.models import DEFAULT_MODEL
-from core.rl import AdaptiveKLController, FixedKLController, gae, kl_penalized_rewards, masked_mean, masked_whiten
+from core.rl import AdaptiveKLController, FixedKLController, compute_advantages, masked_mean, shape_rewards
+from core.rollout import generate, score_tokens
 from core.runstore import Run
 from core.trainers.common import (Logger, TrainingError, adamw, available_trackers, check_finite, open_run, resumed_config,
                                   run_guard, seed_everything, stop_honoured, stop_requested)
-from core.trainers.rollout import Rollout, generate, score_tokens
+from core.trainers.ppo_logging import UPDATE_STATS, iteration_metrics, sample_records
+from core.value_head import build_policy_with_value, reference_policy
 
 
 @dataclass
@@ -119,7 +125,9 @@ class PPOConfig:
     min_new_tokens: int = 0
     """EOS cannot end a response before this many tokens (= max_new_tokens: fixed-length responses, as TRL's PPO without a stop token)"""
     max_prompt_tokens: int = 64
-    """prompts are cut to their last max_prompt_tokens tokens"""
+    """prompts are cut to their last max_prompt_tokens tokens (before chat formatting)"""
+    chat_template: bool = True
+    """format each prompt as one user turn with the tokenizer's chat template (instruct models; no effect when the tokenizer has none); False: the policy continues the raw prompt text"""
     temperature: float = 1.0
     """sampling temperature (log-probs are of the tempered distribution)"""
     top_k: int = 0
@@ -204,73 +212,15 @@ def ptx_batch(tokenizer, texts: list[str], n: int, max_tokens: int, generator: t
 # ---------------------------------------------------------------------------- models
 
 
-class PolicyWithValue(nn.Module):
-    """Policy and critic as one module, so accelerate (DDP), the optimizer and checkpoints see one model.
-
-    forward(input_ids, attention_mask, start, stop) -> (logits (B, W, V), values (B, W)) at columns [start, stop).
-    shared: `CausalLMWithValueHead` on the policy backbone; separate: a scalar-head model
-    (`load_reward_model`) whose score head is read at every position.
-    """
-
-    def __init__(self, policy, critic=None):
-        super().__init__()
-        from core.value_head import CausalLMWithValueHead
-
-        self.shared = critic is None
-        self.body = CausalLMWithValueHead(policy) if self.shared else policy
-        self.critic = critic
-
-    @property
-    def policy(self):
-        return self.body.policy if self.shared else self.body
-
-    def forward(self, input_ids, attention_mask, start: int = 0, stop: int | None = None):
-        """(logits (B, W, V), values (B, W)) at columns [start, stop); padding-free when the models allow it."""
-        from core.packing import windowed_outputs
-
-        stop = input_ids.shape[1] if stop is None else stop
-        if self.shared:
-            return self.body(input_ids, attention_mask, start, stop)
-        return windowed_outputs(self.body, input_ids, attention_mask, start, stop, critic=self.critic)
-
-
 def build_models(config: PPOConfig, device):
-    """(PolicyWithValue, frozen reference or None). With LoRA the reference is the policy with adapters off."""
-    from core.models import LoraSettings, apply_lora, load_causal_lm, load_reward_model
+    """(PolicyWithValue, frozen reference or None): fp32 trainable weights, dropout off (core.value_head)."""
+    from core.models import LoraSettings
 
-    policy = load_causal_lm(config.model_name_or_path, device=device)
-    reference = None
-    if not config.lora:
-        reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha)
-    if config.lora:
-        policy = apply_lora(policy, lora)
-    critic = None
-    if config.value_model == "separate":
-        critic = load_reward_model(config.model_name_or_path, device=device)
-        if config.lora:
-            critic = apply_lora(critic, lora, task_type="SEQ_CLS")
-    elif config.value_model != "shared":
-        raise TrainingError(f"value_model must be 'shared' or 'separate', got {config.value_model!r}")
-    return PolicyWithValue(policy, critic), reference
-
-
-# ---------------------------------------------------------------------------- phases 3-4 as functions
-
-
-def shape_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator="k1", whiten=False):
-    """Phase 3. scores: (B, T) weighted task reward per token. Returns (shaped_rewards, per_token_kl), (B, T)."""
-    shaped_rewards, per_token_kl = kl_penalized_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator)
-    if whiten:
-        shaped_rewards = masked_whiten(shaped_rewards, mask, shift_mean=False)
-    return shaped_rewards, per_token_kl
-
-
-def compute_advantages(shaped_rewards, values, mask, gamma=1.0, lam=0.95, whiten=True):
-    """Phase 4. GAE on (B, T) rewards and values. Returns (advantages (whitened if asked), raw_advantages, returns)."""
-    raw_advantages, returns = gae(shaped_rewards, values, mask, gamma=gamma, lam=lam)
-    advantages = masked_whiten(raw_advantages, mask) if whiten else raw_advantages
-    return advantages, raw_advantages, returns
+    lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
+    try:
+        return build_policy_with_value(config.model_name_or_path, device, lora=lora, value_model=config.value_model)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------- the algorithm
@@ -281,7 +231,7 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
     from tqdm.auto import tqdm
 
     from core.devices import make_accelerator
-    from core.models import is_peft_model, load_tokenizer
+    from core.models import load_tokenizer
     from core.rewards.tensor import compute_token_rewards
     from core.trainers.rewards_setup import build_reward_components, parse_weights
 
@@ -315,16 +265,7 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
         kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon) if config.adaptive_kl
                   else FixedKLController(config.kl_coef))
 
-        @contextlib.contextmanager
-        def reference():
-            """The frozen reference policy: adapters disabled (LoRA) or the frozen copy."""
-            if frozen_reference is not None:
-                yield frozen_reference
-            elif is_peft_model(policy):
-                with torch.no_grad(), policy.disable_adapter():
-                    yield policy
-            else:
-                raise TrainingError("no reference policy: use lora=True or keep the frozen copy")
+        reference = functools.partial(reference_policy, policy, frozen_reference)  # adapters off, or the frozen copy
 
         start = resumed_step + 1
         if checkpoint_folder is not None:
@@ -334,18 +275,14 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
             kl_ctl.value = state["kl_coef"]
             set_rng_state(state["rng"])
 
-        def evaluate(step):
-            from core.evaluation import evaluate_policy
-
-            metrics, _ = evaluate_policy(
-                policy, tokenizer, eval_prompts, components, reference=reference, k=config.eval_samples_k,
-                max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k,
-                top_p=config.top_p, seed=config.seed)
-            return metrics
+        evaluate = functools.partial(  # held-out metrics (and samples), sampled as training samples
+            evaluate_policy, policy, tokenizer, eval_prompts, components, reference=reference, k=config.eval_samples_k,
+            max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+            seed=config.seed, chat_template=config.chat_template, max_prompt_tokens=config.max_prompt_tokens)
 
         if main and start == 1 and config.eval_every and eval_prompts:
             t0 = time.perf_counter()
-            log(0, {**evaluate(0), "time/eval_s": time.perf_counter() - t0})
+            log(0, {**evaluate()[0], "time/eval_s": time.perf_counter() - t0})
 
         bar = tqdm(range(start, config.num_iterations + 1), desc="ppo", disable=not main,
                    initial=start - 1, total=config.num_iterations)
@@ -360,10 +297,11 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
             rollout = generate(policy, tokenizer, batch_prompts, max_new_tokens=config.max_new_tokens,
                                temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
                                max_prompt_tokens=config.max_prompt_tokens, min_new_tokens=config.min_new_tokens,
-                               device=accelerator.device)
+                               chat_template=config.chat_template, device=accelerator.device)
             t_generation = time.perf_counter() - t0
             t0 = time.perf_counter()
             mask = rollout.response_mask  # (B, R)
+            model.train()  # old log-probs and the update in the same mode (and dropout is off: build_models)
             old = score_tokens(model, rollout, config.temperature, with_entropy=True, no_grad=True)
             rollout.logprobs, rollout.values, rollout.entropy = old.logprobs, old.values, old.entropy
             with reference() as ref_model:
@@ -388,10 +326,9 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
 
             # ---- 5. update: epochs x minibatches of clipped policy + value loss (+ ptx)
             t0 = time.perf_counter()
-            stats = {k: [] for k in ("pg_loss", "vf_loss", "ptx_loss", "clipfrac", "approxkl", "entropy", "vf_clipfrac", "ratio", "value")}
+            stats = {k: [] for k in UPDATE_STATS}
             early_stopped = False
             micro_size = config.minibatch_size // config.gradient_accumulation_steps
-            model.train()
             for epoch in range(config.ppo_epochs):
                 permutation = torch.randperm(len(rollout), generator=g)
                 for mb_start in range(0, len(rollout), config.minibatch_size):
@@ -433,38 +370,20 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
 
             # ---- 6. log: TRL names (core/metrics.py) and per-token samples for the app's heatmaps
             if main:
-                avg = lambda k: sum(stats[k]) / max(len(stats[k]), 1)  # noqa: E731
-                score_total = scores.sum(-1).mean()
-                metrics = {
-                    "objective/kl": kl_per_sequence.mean(),
-                    "objective/entropy": rollout.entropy.sum(-1).mean(),
-                    "objective/non_score_reward": -beta * kl_per_sequence.mean(),
-                    "objective/scores": score_total,
-                    "objective/rlhf_reward": score_total - beta * kl_per_sequence.mean(),
-                    "objective/kl_coef": beta,
-                    "policy/clipfrac_avg": avg("clipfrac"), "policy/approxkl_avg": avg("approxkl"),
-                    "policy/entropy_avg": avg("entropy"), "loss/policy_avg": avg("pg_loss"),
-                    "loss/value_avg": avg("vf_loss"), "loss/ptx_avg": avg("ptx_loss"),
-                    "val/clipfrac_avg": avg("vf_clipfrac"), "val/ratio": avg("ratio"), "val/mean": avg("value"),
-                    "ppo/early_stopped": float(early_stopped), "ppo/no_eos_rate": (~rollout.ended).float().mean(),
-                    "ppo/returns_mean": masked_mean(returns, mask), "ppo/advantages_mean": masked_mean(raw_advantages, mask),
-                    "lr": config.learning_rate,
-                }
-                for name, total in token_rewards.totals().items():
-                    metrics[f"rewards/{name}"] = total.mean()
-                    metrics[f"rewards/{name}_weight"] = weights[name]
+                metrics = iteration_metrics(stats, scores, kl_per_sequence, beta, rollout, raw_advantages, returns,
+                                            token_rewards, weights, early_stopped, config.learning_rate)
                 run.log_samples(iteration, sample_records(tokenizer, rollout, token_rewards, per_token_kl, raw_advantages,
                                                           returns, config.samples_per_log))
 
                 # ---- 7. evaluate on held-out prompts, then checkpoint
                 if config.eval_every and eval_prompts and iteration % config.eval_every == 0:
                     t0 = time.perf_counter()
-                    metrics.update(evaluate(iteration))
+                    metrics.update(evaluate()[0])
                     metrics["time/eval_s"] = time.perf_counter() - t0
                 metrics.update({"time/generation_s": t_generation, "time/forward_s": t_forward, "time/scoring_s": t_scoring,
                                 "time/update_s": t_update, "time/step_s": time.perf_counter() - t_step})
                 log(iteration, metrics)
-                bar.set_postfix(scores=f"{float(score_total):.3f}", kl=f"{float(kl_per_sequence.mean()):.3f}")
+                bar.set_postfix(scores=f"{float(metrics['objective/scores']):.3f}", kl=f"{float(kl_per_sequence.mean()):.3f}")
                 if (config.save_every and iteration % config.save_every == 0) or iteration == config.num_iterations or stop:
                     run.save_checkpoint(iteration, trainable_state_dict(unwrapped), optimizer=optimizer.optimizer
                                         if hasattr(optimizer, "optimizer") else optimizer,
@@ -477,26 +396,6 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
             export_model(run if main else None, policy, tokenizer, merge=config.export_merged)
     accelerator.end_training()
     return run
-
-
-def sample_records(tokenizer, rollout: Rollout, token_rewards, per_token_kl, advantages, returns, n: int) -> list[dict]:
-    """The first n rollouts with every per-token field the app draws (lists as long as the response)."""
-    records = token_rewards.to_records()
-    out = []
-    for b in range(min(n, len(rollout))):
-        keep = rollout.response_mask[b].bool()
-        text = records[b]["text"]
-        row = lambda t: [round(float(x), 6) for x in t[b][keep].tolist()]  # noqa: E731
-        per_token = {f"reward/{name}": values for name, values in records[b]["rewards"].items()}
-        per_token.update({"kl": row(per_token_kl), "value": row(rollout.values), "advantage": row(advantages),
-                          "return": row(returns), "logprob": row(rollout.logprobs), "ref_logprob": row(rollout.ref_logprobs)})
-        out.append({
-            "prompt": rollout.prompts[b], "response": text, "ended": bool(rollout.ended[b]),
-            "tokens": [text[s:e] for s, e in records[b]["token_spans"]],
-            "token_ids": rollout.response_ids[b][keep].tolist(),
-            "per_token": per_token, "segments": records[b]["segments"], "totals": records[b]["totals"],
-        })
-    return out
 
 
 def main() -> None:

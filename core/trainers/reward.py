@@ -246,7 +246,7 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None, *, run
     from core.data import split
     from core.devices import make_accelerator
     from core.losses import bradley_terry_loss
-    from core.models import LoraSettings, apply_lora, count_parameters, load_reward_model, load_tokenizer
+    from core.models import LoraSettings, count_parameters, load_tokenizer, load_trainable_model
 
     config = resumed_config(config, keep=("num_epochs", "trackers", "cpu", "progress"))
     name = _default_name(config)
@@ -274,7 +274,9 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None, *, run
 
         # 2. model -------------------------------------------------------------------------
         tokenizer = load_tokenizer(config.model_name_or_path)
-        model = load_reward_model(config.model_name_or_path, device=device)
+        # fp32 trainable weights (core.models.load_trainable_model), dropout off; a frozen backbone is loaded in fp32
+        lora = LoraSettings(r=config.lora_r, alpha=2 * config.lora_r) if config.use_lora and not config.freeze_backbone else None
+        model = load_trainable_model(config.model_name_or_path, head="score", lora=lora, device=device)
         if config.freeze_backbone:
             for p in model.parameters():
                 p.requires_grad_(False)
@@ -282,8 +284,6 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None, *, run
 
             for p in backbone_and_head(model)[1].parameters():
                 p.requires_grad_(True)
-        elif config.use_lora:
-            model = apply_lora(model, LoraSettings(r=config.lora_r, alpha=2 * config.lora_r), task_type="SEQ_CLS")
         trainable, total = count_parameters(model)
         train_c, train_r, fmt = _texts(tokenizer, train, separator)
         eval_c, eval_r, _ = _texts(tokenizer, held_out, separator)

@@ -181,7 +181,7 @@ def train_simpo(config: SimPOConfig, on_log: OnLog | None = None, *, run: Run | 
     from core.data import load_preference_records
     from core.devices import make_accelerator
     from core.logprobs import sequence_logprobs
-    from core.models import LoraSettings, apply_lora, load_causal_lm, load_tokenizer, train_only_last_layers
+    from core.models import LoraSettings, load_tokenizer, load_trainable_model, train_only_last_layers
     from core.trainers.batching import (batch_indices, collate_preferences, completion_forward, epoch_at, tokenize_preferences,
                                         train_eval_examples)
     from core.trainers.common import available_trackers, learning_rate_at, restore_checkpoint, save_checkpoint
@@ -207,12 +207,11 @@ def train_simpo(config: SimPOConfig, on_log: OnLog | None = None, *, run: Run | 
         if config.num_epochs > 0:
             num_steps = math.ceil(config.num_epochs * len(train) / (B * accum * world))
 
-        # ---- 3. policy: full fine-tune in fp32 (bf16 autocast on GPU) or LoRA on a bf16/fp32 backbone
-        model = load_causal_lm(config.model_name_or_path, device=accelerator.device,
-                               dtype=None if config.lora else torch.float32)
+        # ---- 3. policy: fp32 trainable weights (bf16 autocast on GPU): full fine-tune, or LoRA on a bf16/fp32 backbone;
+        #      dropout off (policy and reference log-probs must come from the same deterministic model)
+        lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
+        model = load_trainable_model(config.model_name_or_path, lora=lora, device=accelerator.device)
         model.config.use_cache = False
-        if config.lora:
-            model = apply_lora(model, LoraSettings(r=config.lora_r, alpha=config.lora_alpha))
 
         # ---- 4. no reference model: SimPO's reward needs only the policy
 

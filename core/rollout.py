@@ -1,11 +1,19 @@
-"""Rollouts for PPO on language models: KV-cached sampling, then one scoring pass per model.
+"""Rollouts for language models: prompt formatting, KV-cached sampling, then one scoring pass per model.
 
-What it is: phase 1 of `core.trainers.ppo` (and the sampler of `core.evaluation`).
+What it is: phase 1 of `core.trainers.ppo`, the sampler of `core.evaluation`, and what
+the token explorer page samples with (one path, so all three see the same prompt text).
 
-    rollout = generate(policy, tokenizer, prompts, max_new_tokens=24, temperature=1.0)
+    rollout = generate(policy, tokenizer, prompts, max_new_tokens=24, temperature=1.0, chat_template=True)
     old = score_tokens(model, rollout, temperature, with_entropy=True, no_grad=True)   # logprobs, values, entropy
     with reference() as ref:
         rollout.ref_logprobs = score_tokens(ref, rollout, temperature, with_values=False, no_grad=True).logprobs
+
+Prompts are raw text. With ``chat_template=True`` and a tokenizer that has a chat
+template (instruct models such as SmolLM2-Instruct), each prompt becomes one user turn
+followed by the assistant header (``format_prompts``): the form the model was tuned to
+answer. Otherwise the policy continues the raw text (a base model, or
+RealToxicityPrompts-style continuation). ``Rollout.prompts`` keeps the raw prompts (what
+rewards and logs see); ``query_ids`` hold the formatted ones.
 
 Layout of one batch (B rows, P prompt columns, R response columns):
 
@@ -23,16 +31,17 @@ Why it is shaped like this:
 - log-probs and values are NOT collected during generation (generate's scores are of
   the processed, top-k/top-p-filtered distribution, and the value head is not run
   there); they come from exactly one forward pass over (prompt, response) after it,
-  the same function the update uses, so the first PPO ratio is exactly 1;
+  the same function the update uses, so the first PPO ratio is exactly 1 (with dropout
+  off: ``core.models.disable_dropout``);
 - R is the longest response in the batch: generate stops when every row has hit EOS,
   and all-masked trailing columns are cut.
 - the log-probs are those of the sampling distribution softmax(logits / temperature)
   (TRL does the same); top-k / top-p are ignored there.
 
-What it leaves out: vLLM-style paged generation, chat templates (prompts are raw
-text that the policy continues, as in RealToxicityPrompts), position ids for models
-with absolute position embeddings (left padding shifts absolute positions; RoPE
-models such as Llama/SmolLM2 are unaffected because attention sees only relative ones).
+What it leaves out: vLLM-style paged generation, multi-turn prompts (a prompt is one
+user turn), position ids for models with absolute position embeddings (left padding
+shifts absolute positions; RoPE models such as Llama/SmolLM2 are unaffected because
+attention sees only relative ones).
 """
 
 from __future__ import annotations
@@ -105,29 +114,74 @@ def mask_after_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torc
     return response_mask, is_eos.any(dim=1)
 
 
+def uses_chat_template(tokenizer, chat_template: bool = True) -> bool:
+    """Whether prompts are formatted as a chat turn: asked for, and the tokenizer has a template."""
+    return bool(chat_template and getattr(tokenizer, "chat_template", None))
+
+
+def format_prompts(tokenizer, prompts: list[str], *, chat_template: bool = True,
+                   max_prompt_tokens: int | None = None) -> list[str]:
+    """The text the policy continues for each raw prompt.
+
+    With a chat template (``uses_chat_template``): the prompt as one user turn plus the
+    assistant header, e.g. for SmolLM2-Instruct
+    ``<|im_start|>system ... <|im_end|> <|im_start|>user PROMPT<|im_end|> <|im_start|>assistant``;
+    the raw prompt is first cut to its LAST max_prompt_tokens tokens, so the template
+    itself is never cut. Without one: the prompts unchanged (``encode_prompts`` cuts them).
+    """
+    if not uses_chat_template(tokenizer, chat_template):
+        return list(prompts)
+    out = []
+    for prompt in prompts:
+        if max_prompt_tokens is not None:
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            if len(ids) > max_prompt_tokens:
+                prompt = tokenizer.decode(ids[len(ids) - max_prompt_tokens:])
+        out.append(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True))
+    return out
+
+
+def encode_prompts(tokenizer, prompts: list[str], *, chat_template: bool = True,
+                   max_prompt_tokens: int | None = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(query_ids (B, P), query_mask (B, P)), left-padded: the formatted prompts (``format_prompts``).
+
+    Raw prompts longer than max_prompt_tokens keep their LAST tokens (None: no limit).
+    No special tokens are added: a chat template writes its own.
+    """
+    templated = uses_chat_template(tokenizer, chat_template)
+    texts = format_prompts(tokenizer, prompts, chat_template=chat_template, max_prompt_tokens=max_prompt_tokens)
+    side, trunc = tokenizer.padding_side, tokenizer.truncation_side
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    try:
+        cut = not templated and max_prompt_tokens is not None
+        enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=cut,
+                        max_length=max_prompt_tokens if cut else None, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = side, trunc
+    return enc["input_ids"], enc["attention_mask"]
+
+
 @torch.no_grad()
 def generate(policy, tokenizer, prompts: list[str], *, max_new_tokens: int = 24, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, max_prompt_tokens: int = 64, min_new_tokens: int = 0,
-             device=None) -> Rollout:
-    """Sample one response per prompt with the KV cache; returns a Rollout without log-probs.
+             top_k: int = 0, top_p: float = 1.0, max_prompt_tokens: int | None = 64, min_new_tokens: int = 0,
+             chat_template: bool = False, device=None) -> Rollout:
+    """Sample one response per raw prompt with the KV cache; returns a Rollout without log-probs.
 
-    The global torch RNG drives sampling (seed it for reproducible rollouts).
-    Prompts longer than max_prompt_tokens keep their LAST tokens. min_new_tokens: EOS is
-    suppressed until a response has that many tokens (generate's MinNewTokensLogitsProcessor).
+    The global torch RNG (and the device's) drives sampling: seed it for reproducible rollouts.
+    chat_template: format each prompt as a user turn when the tokenizer has a template
+    (``format_prompts``); False continues the raw text. Prompts longer than
+    max_prompt_tokens keep their LAST tokens. min_new_tokens: EOS is suppressed until a
+    response has that many tokens (generate's MinNewTokensLogitsProcessor).
     """
     if not 0 <= min_new_tokens <= max_new_tokens:
         raise ValueError(f"min_new_tokens must be in [0, max_new_tokens={max_new_tokens}], got {min_new_tokens}")
     if not prompts:
         raise ValueError("generate needs at least one prompt")
     device = device or next(policy.parameters()).device
-    side, trunc = tokenizer.padding_side, tokenizer.truncation_side
-    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
-    try:
-        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, truncation=True,
-                        max_length=max_prompt_tokens, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side, tokenizer.truncation_side = side, trunc
-    query_ids, query_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    query_ids, query_mask = encode_prompts(tokenizer, list(prompts), chat_template=chat_template,
+                                           max_prompt_tokens=max_prompt_tokens)
+    query_ids, query_mask = query_ids.to(device), query_mask.to(device)
     eos = eos_token_ids(tokenizer, policy)
     was_training = policy.training
     policy.eval()
@@ -143,6 +197,12 @@ def generate(policy, tokenizer, prompts: list[str], *, max_new_tokens: int = 24,
     response_ids, response_mask = response_ids[:, :R], response_mask[:, :R]
     response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, tokenizer.pad_token_id))
     return Rollout(list(prompts), query_ids, query_mask, response_ids.contiguous(), response_mask, ended)
+
+
+def response_texts(tokenizer, rollout: Rollout) -> list[str]:
+    """The decoded responses (tokens under response_mask, special tokens such as EOS left out)."""
+    return [tokenizer.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)
+            for ids, mask in zip(rollout.response_ids, rollout.response_mask)]
 
 
 class TokenScores(NamedTuple):
