@@ -142,7 +142,7 @@ def format_prompts(tokenizer, prompts: list[str], *, chat_template: bool = True,
     return out
 
 
-def encode_prompts(tokenizer, prompts: list[str], *, chat_template: bool = True,
+def encode_prompts(tokenizer, prompts: list[str], *, chat_template: bool = False,
                    max_prompt_tokens: int | None = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """(query_ids (B, P), query_mask (B, P)), left-padded: the formatted prompts (``format_prompts``).
 

@@ -35,9 +35,9 @@ def test_max_prompt_tokens_cuts_the_raw_prompt_never_the_template(tokenizer):
     last3 = tokenizer.decode(ids[-3:])
     (text,) = format_prompts(tokenizer, [long], max_prompt_tokens=3)
     assert text == format_prompts(tokenizer, [last3])[0]
-    query_ids, query_mask = encode_prompts(tokenizer, [long, "hi"], max_prompt_tokens=3)
+    query_ids, query_mask = encode_prompts(tokenizer, [long, "hi"], chat_template=True, max_prompt_tokens=3)
     assert tokenizer.decode(query_ids[0][query_mask[0].bool()]) == text  # left-padded, nothing cut after formatting
-    raw_ids, raw_mask = encode_prompts(tokenizer, [long], chat_template=False, max_prompt_tokens=3)
+    raw_ids, raw_mask = encode_prompts(tokenizer, [long], max_prompt_tokens=3)
     assert raw_ids[0].tolist() == ids[-3:]  # raw text: the last tokens, as before
 
 

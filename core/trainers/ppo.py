@@ -294,17 +294,18 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
             # ---- 1. rollout: sample, then ONE pass for old log-probs + values, ONE for reference log-probs
             batch_prompts = iteration_prompts(train_prompts, config.batch_size, g)
             t0 = time.perf_counter()
-            rollout = generate(policy, tokenizer, batch_prompts, max_new_tokens=config.max_new_tokens,
-                               temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-                               max_prompt_tokens=config.max_prompt_tokens, min_new_tokens=config.min_new_tokens,
-                               chat_template=config.chat_template, device=accelerator.device)
+            with accelerator.autocast():  # bf16 compute on CUDA for the unwrapped policy too, as in the prepared model
+                rollout = generate(policy, tokenizer, batch_prompts, max_new_tokens=config.max_new_tokens,
+                                   temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+                                   max_prompt_tokens=config.max_prompt_tokens, min_new_tokens=config.min_new_tokens,
+                                   chat_template=config.chat_template, device=accelerator.device)
             t_generation = time.perf_counter() - t0
             t0 = time.perf_counter()
             mask = rollout.response_mask  # (B, R)
             model.train()  # old log-probs and the update in the same mode (and dropout is off: build_models)
             old = score_tokens(model, rollout, config.temperature, with_entropy=True, no_grad=True)
             rollout.logprobs, rollout.values, rollout.entropy = old.logprobs, old.values, old.entropy
-            with reference() as ref_model:
+            with reference() as ref_model, accelerator.autocast():
                 rollout.ref_logprobs = score_tokens(ref_model, rollout, config.temperature, with_values=False, no_grad=True).logprobs
             t_forward = time.perf_counter() - t0
 
