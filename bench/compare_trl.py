@@ -197,7 +197,7 @@ def build_ppo_data(model: str, quick: bool, seed: int, work: Path) -> dict:
     from core.data import load_hh_rlhf, load_prompts
     from core.models import load_reward_model, load_tokenizer
     from core.rewards.store import save_reward_model
-    from core.trainers.ppo import iteration_generator, iteration_prompts
+    from core.trainers.batching import iteration_generator, iteration_prompts
 
     shape = PPO_QUICK if quick else PPO_FULL
     tokenizer = load_tokenizer(model)

@@ -1,4 +1,4 @@
-"""Batching shared by the SFT, DPO and SimPO trainers: tokenise, split, order, collate, forward.
+"""Batching shared by the trainers (SFT, DPO, SimPO; PPO's batches): tokenise, split, order, collate, forward.
 
 What it is
 - ``tokenize_preferences`` / ``tokenize_sft``: prompt tokens truncated from the LEFT to
@@ -20,6 +20,8 @@ What it is
   the last K columns, so the LM head is evaluated on those K+1 positions only
   (``logits_to_keep``) instead of all T: the (rows, T, V) logits tensor, the largest one
   in the step, shrinks to (rows, K+1, V). Log-probs go through ``selective_log_softmax``.
+- PPO: ``iteration_generator`` (one seeded generator per iteration, so a resumed run draws
+  the same prompts, minibatch order and ptx texts), ``iteration_prompts``, ``ptx_batch``.
 
 What it leaves out: reading files (``core.data``), packing several examples into one row
 for training (padding-free attention), multi-turn SFT losses (only the last assistant
@@ -303,3 +305,35 @@ def pair_logps(model, examples: list[PreferenceExample], batch_size: int, pad_id
 def token_strings(tokenizer, ids: list[int]) -> list[str]:
     """Each token decoded on its own, for drawing per-token values."""
     return [tokenizer.decode([t]) for t in ids]
+
+
+# ---------------------------------------------------------------------------- PPO batches
+
+
+def iteration_generator(seed: int, iteration: int, process_index: int = 0) -> "torch.Generator":
+    """The generator of one PPO iteration: its prompt batch, minibatch order and ptx texts (resumes see the same)."""
+    import torch
+
+    return torch.Generator().manual_seed(seed * 1_000_003 + iteration * 1009 + process_index)
+
+
+def iteration_prompts(train_prompts: list[str], batch_size: int, g) -> list[str]:
+    """The batch_size prompts of one iteration: a random permutation of the training prompts (cycled if fewer)."""
+    import torch
+
+    order = torch.randperm(len(train_prompts), generator=g)
+    return [train_prompts[order[j % len(order)]] for j in range(batch_size)]
+
+
+def ptx_batch(tokenizer, texts: list[str], n: int, max_tokens: int, generator, device):
+    """n random texts, right-padded: (ids (n, L), mask (n, L)) with mask 0 on the first token (nothing predicts it)."""
+    import torch
+
+    pick = torch.randint(len(texts), (n,), generator=generator).tolist()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    enc = tokenizer([texts[i] for i in pick], return_tensors="pt", padding=True, truncation=True, max_length=max_tokens)
+    tokenizer.padding_side = side
+    mask = enc["attention_mask"].clone()
+    mask[:, 0] = 0
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device), mask.to(device)

@@ -64,6 +64,7 @@ from core.models import DEFAULT_MODEL
 from core.rl import AdaptiveKLController, FixedKLController, compute_advantages, masked_mean, shape_rewards
 from core.rollout import generate, score_tokens
 from core.runstore import Run
+from core.trainers.batching import iteration_generator, iteration_prompts, ptx_batch
 from core.trainers.common import (Logger, TrainingError, adamw, available_trackers, check_finite, open_run, resumed_config,
                                   run_guard, seed_everything, stop_honoured, stop_requested)
 from core.trainers.ppo_logging import UPDATE_STATS, iteration_metrics, sample_records
@@ -181,32 +182,6 @@ def short_ppo_config(**overrides) -> PPOConfig:
     short = PPOConfig(num_prompts=8, eval_prompts=0, eval_every=0, batch_size=8, minibatch_size=8,
                       ppo_epochs=2, num_iterations=3, max_new_tokens=24, save_every=0, learning_rate=3e-4)
     return replace(short, **overrides)
-
-
-# ---------------------------------------------------------------------------- data
-
-
-def iteration_generator(seed: int, iteration: int, process_index: int = 0) -> torch.Generator:
-    """The generator of one PPO iteration: its prompt batch, minibatch order and ptx texts (resumes see the same)."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + iteration * 1009 + process_index)
-
-
-def iteration_prompts(train_prompts: list[str], batch_size: int, g: torch.Generator) -> list[str]:
-    """The batch_size prompts of one iteration: a random permutation of the training prompts (cycled if fewer)."""
-    order = torch.randperm(len(train_prompts), generator=g)
-    return [train_prompts[order[j % len(order)]] for j in range(batch_size)]
-
-
-def ptx_batch(tokenizer, texts: list[str], n: int, max_tokens: int, generator: torch.Generator, device):
-    """n random texts, right-padded: (ids (n, L), mask (n, L)) with mask 0 on the first token (nothing predicts it)."""
-    pick = torch.randint(len(texts), (n,), generator=generator).tolist()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "right"
-    enc = tokenizer([texts[i] for i in pick], return_tensors="pt", padding=True, truncation=True, max_length=max_tokens)
-    tokenizer.padding_side = side
-    mask = enc["attention_mask"].clone()
-    mask[:, 0] = 0
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device), mask.to(device)
 
 
 # ---------------------------------------------------------------------------- models
