@@ -1,0 +1,132 @@
+"""AppTest of the feedback studio page: create a project (sampled in the background), label, mark a span, export, train.
+
+Runs the real ``workbench/app.py`` frame with the tiny random Llama, a throw-away feedback
+database and an empty reward-model store.
+
+    .venv/bin/python -m pytest tests/test_feedback_page.py -q
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from core.feedback.store import FeedbackStore  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "workbench" / "app.py")
+PAGE = str(ROOT / "pages" / "feedback_studio.py")
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tiny_model_path, tmp_path):
+    monkeypatch.setenv("RLHF_WORKBENCH_MODEL", "tiny-random-llama")
+    monkeypatch.setenv("RLHF_WORKBENCH_FEEDBACK_DB", str(tmp_path / "fb.sqlite"))
+    from core.rewards import store
+
+    monkeypatch.setattr(store, "reward_models_dir", lambda: tmp_path / "rms")
+
+
+def _open() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page(PAGE)
+    at.run()
+    return at
+
+
+def _clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _wait(cond, timeout=60.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_create_sample_label_span_correct_skip_export_and_train(tmp_path):
+    db = FeedbackStore(tmp_path / "fb.sqlite")
+    at = _open()
+    _clean(at)
+    assert at.title[0].value == "Feedback studio"
+    assert any("Enter your name" in i.value for i in at.info)
+
+    # a project from typed prompts, sampled off the script thread
+    at.radio(key="fs_new_source").set_value("type them").run()
+    at.text_input(key="fs_new_name").set_value("typed")
+    at.number_input(key="fs_new_k").set_value(3)
+    at.number_input(key="fs_new_tokens").set_value(4)
+    at.text_area(key="fs_new_typed").set_value("Why is the sky blue?\nName a prime.\nSay hi.").run()
+    at.button(key="fs_new_create").click().run()
+    _clean(at)
+    pid = db.project("typed")["id"]
+    _wait(lambda: db.project(pid)["n_ready"] == 3)
+    items = db.items(pid)
+    assert all(len(it["responses"]) == 3 for it in items)
+
+    at.text_input(key="fs_annotator").set_value("ada").run()
+    _clean(at)
+    first = items[0]["id"]
+    # bad input: every response ranked the same is refused with the store's message, nothing saved
+    for i in range(3):
+        at.number_input(key=f"fs_rank_{first}_{i}").set_value(1)
+    at.button(key=f"fs_submit_{first}").click().run()
+    assert any("same rank" in e.value for e in at.error)
+    assert db.labels(pid)["rankings"] == []
+
+    # rate + flag + rank (with a tie)
+    for i, (score, rank) in enumerate([(6, 1), (2, 2), (2, 2)]):
+        at.slider(key=f"fs_score_{first}_{i}").set_value(score)
+        at.number_input(key=f"fs_rank_{first}_{i}").set_value(rank)
+    at.checkbox(key=f"fs_flag_{first}_1_harmful_advice").check()
+    at.button(key=f"fs_submit_{first}").click().run()
+    _clean(at)
+    labels = db.labels(pid)
+    assert labels["rankings"] == [{"item_id": first, "annotator": "ada", "ranks": [1, 2, 2]}]
+    assert [r["score"] for r in labels["ratings"]] == [6, 2, 2] and labels["ratings"][1]["flags"]["harmful_advice"]
+
+    # the queue moved on: mark a span by character range on item 2, correct it, then skip it
+    second = items[1]["id"]
+    assert at.number_input(key=f"fs_rank_{second}_0") is not None
+    at.radio(key=f"fs_span_how_{second}").set_value("character range").run()
+    at.number_input(key=f"fs_span_start_{second}_0").set_value(0)
+    at.number_input(key=f"fs_span_end_{second}_0").set_value(2).run()
+    at.button(key=f"fs_span_add_{second}").click().run()
+    _clean(at)
+    at.button(key=f"fs_span_save_{second}").click().run()
+    _clean(at)
+    spans = db.labels(pid)["spans"]
+    assert spans[0]["item_id"] == second and [(s["start"], s["end"], s["category"]) for s in spans[0]["spans"]] == [(0, 2, "C1")]
+    at.text_area(key=f"fs_fix_text_{second}_0").set_value("A better answer.")
+    at.button(key=f"fs_fix_save_{second}").click().run()
+    at.button(key=f"fs_skip_{second}").click().run()
+    _clean(at)
+    assert db.labels(pid)["corrections"][0]["text"] == "A better answer."
+    assert db.progress(pid, "ada") == {"total": 3, "ready": 3, "ranked": 1, "skipped": 1, "done": 2, "remaining": 1}
+
+    # export every format to a folder
+    at.text_input(key="fs_exp_folder").set_value(str(tmp_path / "out")).run()
+    at.button(key="fs_exp_all").click().run()
+    _clean(at)
+    assert (tmp_path / "out" / "preferences.jsonl").read_text().count("\n") == 2  # (0 > 1), (0 > 2)
+    assert (tmp_path / "out" / "dataset.parquet").is_file() and (tmp_path / "out" / "qa_feedback" / "feedback.json").is_file()
+
+    # train on the labels (in the background); the model lands in the reward-model store
+    at.button(key="fs_train").click().run()
+    from workbench.jobs import registry  # noqa: F401 - the app's modules are importable here
+
+    _wait(lambda: any((tmp_path / "rms").glob("feedback-typed/workbench_reward.json")), timeout=90)
+    time.sleep(0.5)
+    at.run()
+    _clean(at)
+    assert any("listed in the token explorer" in s.value for s in at.success)
