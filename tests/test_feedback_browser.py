@@ -46,7 +46,12 @@ def server(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("feedback")
     db = FeedbackStore(folder / "fb.sqlite")
-    db.create_project("bread", policy="tiny-random-llama", k=3, seed=0, items=ITEMS)
+    pid = db.create_project("bread", policy="tiny-random-llama", k=3, seed=0, items=ITEMS)
+    for n, item in enumerate(db.items(pid)):  # two earlier annotators, so the agreement figures have values
+        db.submit_ranking(f"bob-{n}", "bob", item["id"], [1, 3, 2])
+        for who, scores in (("bob", [6, 2, 3]), ("cy", [7, 2, 2])):
+            for i, score in enumerate(scores):
+                db.submit_rating(f"{who}-{n}-{i}", who, item["id"], i, score)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -126,7 +131,7 @@ def test_rank_mark_a_span_and_export_in_a_browser(server):
         page.screenshot(path=str(SHOTS / "feedback_spans.png"))
         page.get_by_role("button", name="Save spans of response 2").click()
         _wait_until(lambda: db.labels(pid)["spans"])
-        review = db.labels(pid)["spans"][0]
+        review = db.labels(pid)["spans"][0]  # only ada marks spans
         text = ITEMS[0]["responses"][1]
         start = text.index("My grandmother")
         assert review["response_idx"] == 1
@@ -139,8 +144,9 @@ def test_rank_mark_a_span_and_export_in_a_browser(server):
         page.get_by_role("button", name="Submit ratings and ranking").scroll_into_view_if_needed()
         page.screenshot(path=str(SHOTS / "feedback_label.png"))
         page.get_by_role("button", name="Submit ratings and ranking").click()
-        _wait_until(lambda: db.labels(pid)["rankings"])
-        assert db.labels(pid)["rankings"][0]["ranks"] == [1, 2, 2]
+        ada = lambda: [r["ranks"] for r in db.labels(pid)["rankings"] if r["annotator"] == "ada"]  # noqa: E731
+        _wait_until(ada)
+        assert ada() == [[1, 2, 2]]
         page.wait_for_selector("text=Prompt 2 of 2")
         _idle(page)
         # export every format
@@ -153,7 +159,10 @@ def test_rank_mark_a_span_and_export_in_a_browser(server):
         page.get_by_role("button", name="Export all").click()
         _wait_until(lambda: (out / "agreement.json").is_file())
         rows = [json.loads(x) for x in (out / "preferences.jsonl").read_text().splitlines()]
-        assert [(r["chosen_index"], r["rejected_index"]) for r in rows] == [(0, 1), (0, 2)]
+        assert [(r["chosen_index"], r["rejected_index"]) for r in rows if r["annotator"] == "ada"] == [(0, 1), (0, 2)]
+        agreement = json.loads((out / "agreement.json").read_text())
+        assert agreement["rankings"]["pairs"][0]["annotators"] == ["ada", "bob"] and agreement["rankings"]["overall"] == 1.0
+        assert agreement["ratings"]["interval"]["alpha"] is not None
         assert json.loads((out / "qa_feedback" / "feedback.json").read_text())[0]["prediction 1"] == text
         page.wait_for_selector("text=Written:")
         page.screenshot(path=str(SHOTS / "feedback_export.png"))

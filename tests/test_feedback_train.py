@@ -102,3 +102,24 @@ def test_train_without_labels_says_what_to_do(db, tiny_model_path):
     db.create_project("bare", "m", 2, 0, [{"prompt": "q", "responses": ["a", "b"]}])
     with pytest.raises(FeedbackError, match="no rankings yet"):
         train_feedback_reward_model(FeedbackRMConfig(project="bare", model=str(tiny_model_path), save_model=False), db)
+
+
+def test_finegrained_model_from_span_labels(db, tiny_model_path, tmp_path):
+    from core.feedback.train import train_finegrained_from_spans
+    from core.rewards.store import read_meta
+
+    items = [{"prompt": f"Question {n}?", "responses": [f"A fact about {n}. My cat sat on the mat today.", f"Only facts about {n} here."]}
+             for n in range(8)]
+    pid = db.create_project("spans", "m", 2, 0, items)
+    for it in db.items(pid):
+        text = it["responses"][0]
+        db.submit_spans(f"s-{it['id']}", "ada", it["id"], 0,
+                        [{"start": text.index("My cat"), "end": len(text), "category": "C1", "error_type": "Irrelevant"}])
+        db.submit_spans(f"t-{it['id']}", "ada", it["id"], 1, [])
+    run = train_finegrained_from_spans(db, pid, "C1", str(tiny_model_path), folder=tmp_path / "qa", epochs=5,
+                                       save_dir=str(tmp_path / "c1"))
+    f = run.status()["figures"]
+    assert f["train_answers"] + f["eval_answers"] == 16 and f["n"] > 0
+    assert read_meta(tmp_path / "c1")["category"] == "C1"
+    with pytest.raises(FeedbackError, match="C1 and C2"):
+        train_finegrained_from_spans(db, pid, "C3", str(tiny_model_path))

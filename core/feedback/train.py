@@ -33,6 +33,8 @@ with the exported preferences.jsonl), ensembles, active learning.
     from core.feedback.train import FeedbackRMConfig, train_feedback_reward_model
     result = train_feedback_reward_model(FeedbackRMConfig(project="demo"), store)
     result["model_path"], result["figures"]["eval_agreement"]
+
+    python -m core.feedback.train --project demo
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class FeedbackRMConfig:
 
     project: str = ""
     """feedback project name (or id)"""
+    db: str = ""
+    """feedback database file (default: core.feedback.store.default_db_path())"""
     model: str = DEFAULT_MODEL
     """backbone: an alias, a local folder or a Hugging Face id"""
     eval_fraction: float = 0.25
@@ -154,7 +158,7 @@ def train_feedback_reward_model(config: FeedbackRMConfig, store: FeedbackStore |
     from core.rewards.preference_rm import backbone_and_head, format_pair
 
     t_start = time.time()
-    store = store or FeedbackStore()
+    store = store or FeedbackStore(config.db or None)
     project = store.project(int(config.project) if str(config.project).isdigit() else config.project)
     items = {it["id"]: it for it in store.items(project["id"])}
 
@@ -258,3 +262,23 @@ def train_finegrained_from_spans(store: FeedbackStore, project_id: int, category
     config = FineGrainedConfig(category=category, model=model, data=str(folder), limit=0, name=name,
                                progress=False, **overrides)
     return train_finegrained_rm(config)
+
+
+def main() -> None:
+    import tyro
+
+    config = tyro.cli(FeedbackRMConfig)
+    try:
+        result = train_feedback_reward_model(config)
+    except FeedbackError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    f = result["figures"]
+    ev = f["eval_agreement"]
+    print(f"held-out agreement with the annotators: {'n/a' if ev is None else f'{ev:.3f}'} on {f['eval_rankings']} rankings "
+          f"({f['train_rankings']} training rankings, {f['seconds']:.1f} s)")
+    if result["model_path"]:
+        print(f"saved reward model: {result['model_path']}")
+
+
+if __name__ == "__main__":
+    main()
