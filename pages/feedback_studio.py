@@ -425,7 +425,11 @@ def main() -> None:
     st.caption("Rate, rank, mark error spans and correct the responses of a policy; every click is saved, and a reward "
                "model trains on the labels in seconds.")
     who = st.text_input("Your name (labels are saved under it)", key=K("annotator")).strip()
-    projects = store().projects()
+    try:
+        projects = store().projects()
+    except FeedbackError as exc:  # a newer, read-only, locked or foreign database file
+        st.error(str(exc))
+        return
     names = {p["id"]: p["name"] for p in projects}
     if st.session_state.get(K("want_project")) in names:
         st.session_state[K("project")] = st.session_state.pop(K("want_project"))

@@ -165,6 +165,7 @@ def test_rank_mark_a_span_and_export_in_a_browser(server):
         assert agreement["ratings"]["interval"]["alpha"] is not None
         assert json.loads((out / "qa_feedback" / "feedback.json").read_text())[0]["prediction 1"] == text
         page.wait_for_selector("text=Written:")
+        _idle(page)
         page.screenshot(path=str(SHOTS / "feedback_export.png"))
         assert page.locator('[data-testid="stException"]').count() == 0
         browser.close()

@@ -130,3 +130,36 @@ def test_create_sample_label_span_correct_skip_export_and_train(tmp_path):
     at.run()
     _clean(at)
     assert any("listed in the token explorer" in s.value for s in at.success)
+
+
+def test_a_database_from_a_newer_version_is_reported_not_touched(tmp_path):
+    import sqlite3
+
+    from core.feedback.store import SCHEMA_VERSION
+
+    path = tmp_path / "fb.sqlite"
+    FeedbackStore(path)
+    con = sqlite3.connect(path)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    con.commit()
+    con.close()
+    at = _open()
+    assert not at.exception
+    assert any("newer than this workbench understands" in e.value for e in at.error)
+
+
+def test_pre_labelled_import_and_agreement_tab(tmp_path):
+    from core.feedback.export import import_hh_rlhf
+
+    rows = [{"chosen": f"\n\nHuman: q{i}\n\nAssistant: good {i}", "rejected": f"\n\nHuman: q{i}\n\nAssistant: bad {i}"} for i in range(4)]
+    (tmp_path / "hh.jsonl").write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    db = FeedbackStore(tmp_path / "fb.sqlite")
+    pid, _ = import_hh_rlhf(db, "hh", tmp_path / "hh.jsonl", limit=4)
+    for n, it in enumerate(db.items(pid)):  # a second annotator who agrees on all but one pair
+        ranks = next(r["ranks"] for r in db.labels(pid)["rankings"] if r["item_id"] == it["id"])
+        db.submit_ranking(f"b{n}", "bob", it["id"], ranks if n else ranks[::-1])
+    at = _open()
+    at.text_input(key="fs_annotator").set_value("ada").run()
+    _clean(at)
+    assert at.metric[0].value == "75%"  # ranking agreement hh-rlhf vs bob: 3 of 4 pairs
+    assert any("4 to go of 4" in p.proto.text for p in at.get("progress"))
