@@ -339,10 +339,39 @@ def label_tab(who: str, project: dict) -> None:
 # ----------------------------------------------------------------------------- agreement, export, training
 
 
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _reward_component(folder: str):
+    from core.rewards.store import load_reward_component
+
+    return load_reward_component(folder, device="cpu")
+
+
+def reward_model_panel(project: dict):
+    """Pick a holistic reward model and score the project's responses: (folder, item_id -> K scores) or None."""
+    import os
+
+    from core.rewards.store import list_reward_models
+
+    key = K(f"rm_scores_{project['id']}")
+    models = [m["path"] for m in list_reward_models(os.environ.get("RLHF_WORKBENCH_REWARD_MODELS") or None)
+              if m.get("kind") == "preference"]
+    if not models:
+        st.caption("No holistic reward model yet: train one in the Train tab to see how it agrees with each annotator.")
+        return st.session_state.get(key)
+    c = st.columns([3, 1])
+    folder = c[0].selectbox("Reward model to compare with the annotators", models, format_func=lambda p: Path(p).name,
+                            key=K(f"rm_pick_{project['id']}"))
+    if c[1].button("Score responses", key=K(f"rm_score_{project['id']}")):
+        with st.spinner("Scoring every response…"):
+            scores = agreement.reward_model_scores(_reward_component(folder), store().items(project["id"]))
+        st.session_state[key] = (folder, scores)
+    return st.session_state.get(key)
+
+
 def agreement_tab(project: dict) -> None:
     db = store()
-    trained = st.session_state.get(K(f"trained_{project['id']}"))
-    res = agreement.project_agreement(db, project["id"], scores=(trained or {}).get("scores"))
+    rm_choice = reward_model_panel(project)
+    res = agreement.project_agreement(db, project["id"], scores=rm_choice[1] if rm_choice else None)
     r = res["rankings"]
     c = st.columns(3)
     c[0].metric("Ranking agreement (pairs)", "–" if r["overall"] is None else f"{r['overall']:.0%}", help=f"{r['n_pairs']} comparable pairs")
@@ -354,7 +383,7 @@ def agreement_tab(project: dict) -> None:
         st.dataframe([{"annotators": " & ".join(p["annotators"]), "agreement": p["agreement"], "pairs": p["n_pairs"],
                        "tied": p["n_tied"], "items": p["n_items"]} for p in r["pairs"]], hide_index=True)
     if "reward_model" in res:
-        st.caption("Agreement of each annotator with the reward model trained here (all their rankings):")
+        st.caption(f"Agreement of each annotator with `{Path(rm_choice[0]).name}` (all their rankings; equal scores count ½):")
         st.dataframe([{"annotator": a, **v} for a, v in res["reward_model"].items()], hide_index=True)
 
     st.subheader("Export")
@@ -406,7 +435,7 @@ def train_tab(project: dict) -> None:
                 st.error(f"Training the {what} failed: {t['error']}")
             elif k_ == key:
                 f = t["result"]["figures"]
-                st.session_state[K(f"trained_{project['id']}")] = t["result"]
+                st.session_state.setdefault(K(f"rm_scores_{project['id']}"), (t["result"]["model_path"], t["result"]["scores"]))
                 ev = f["eval_agreement"]
                 st.success(f"Saved `{t['result']['model_path']}`: it is listed in the token explorer and the reward-weight lab.")
                 c = st.columns(3)

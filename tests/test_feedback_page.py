@@ -130,6 +130,12 @@ def test_create_sample_label_span_correct_skip_export_and_train(tmp_path):
     at.run()
     _clean(at)
     assert any("listed in the token explorer" in s.value for s in at.success)
+    # the saved model is offered for agreement with the annotators, and scores every response
+    at.button(key=f"fs_rm_score_{pid}").click().run()
+    _clean(at)
+    folder, scores = at.session_state[f"fs_rm_scores_{pid}"]
+    assert Path(folder).name == "feedback-typed" and sorted(scores) == [it["id"] for it in items]
+    assert any("Agreement of each annotator with `feedback-typed`" in c.value for c in at.caption)
 
 
 def test_a_database_from_a_newer_version_is_reported_not_touched(tmp_path):

@@ -177,6 +177,20 @@ def reward_model_agreement(rankings: list[dict], scores: dict) -> dict:
     return res
 
 
+def reward_model_scores(rm, items: list[dict], batch: int = 64) -> dict:
+    """item_id -> [K raw scores] of a reward component with ``score_texts(prompts, responses)``
+    (e.g. ``core.rewards.store.load_reward_component(folder)``), for items that have responses."""
+    pairs = [(it["id"], it["prompt"], r) for it in items for r in it["responses"]]
+    raw: list[float] = []
+    for i in range(0, len(pairs), batch):
+        chunk = pairs[i : i + batch]
+        raw += rm.score_texts([p for _, p, _ in chunk], [r for _, _, r in chunk])
+    out: dict = {}
+    for (item_id, _, _), s in zip(pairs, raw):
+        out.setdefault(item_id, []).append(float(s))
+    return out
+
+
 def project_agreement(store, project_id: int, scores: dict | None = None) -> dict:
     """Everything the page and the export show: ranking agreement, alpha (interval and ordinal) on the
     ratings, and (given a reward model's ``scores``) each annotator's agreement with it."""

@@ -142,6 +142,15 @@ def response_features(model, tokenizer, texts: list[str], max_length: int, batch
     return torch.cat(feats) if feats else torch.zeros(0)
 
 
+def _split(records, eval_fraction, seed, key):
+    """The project's one deterministic grouped split. THE call site of it (its module may move)."""
+    try:
+        from core.data import split
+    except ImportError:
+        from core.trainers.batching import split
+    return split(records, eval_fraction, seed=seed, key=key)
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -152,7 +161,6 @@ def train_feedback_reward_model(config: FeedbackRMConfig, store: FeedbackStore |
     """
     import torch
 
-    from core.data import split
     from core.feedback.agreement import reward_model_agreement
     from core.models import load_reward_model, load_tokenizer
     from core.rewards.preference_rm import backbone_and_head, format_pair
@@ -166,7 +174,7 @@ def train_feedback_reward_model(config: FeedbackRMConfig, store: FeedbackStore |
     groups = ranking_groups(store, project["id"], config.use_ratings)
     if not groups:
         raise FeedbackError(f"project {project['name']!r} has no rankings yet (nor complete ratings): label some items first")
-    train, held_out = split(groups, config.eval_fraction, seed=config.seed, key="item_id")
+    train, held_out = _split(groups, config.eval_fraction, seed=config.seed, key="item_id")
     if not train:
         raise FeedbackError(f"all {len(groups)} labelled items went to the held-out side; label more items or lower eval_fraction")
 
