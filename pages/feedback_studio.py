@@ -94,8 +94,9 @@ def submit(name: str, call) -> bool:
 # ----------------------------------------------------------------------------- projects
 
 
-def sample_in_background(pid: int, name: str) -> None:
-    model, device = state.current_model(), state.current_device()
+def sample_in_background(pid: int, name: str, model: str) -> None:
+    """Sample the project's missing responses with its own policy ``model`` in a background thread."""
+    device = state.current_device()
     tokenizer, policy = state.get_tokenizer(model), state.get_policy(model, device)  # cached, read-only
     db = store()
     start_task(f"sample_{pid}", f"sampling '{name}'", lambda: fill_project(db, pid, policy, tokenizer))
@@ -145,7 +146,7 @@ def create_panel() -> None:
             st.error(str(exc))
             return
         st.session_state[K("want_project")] = pid  # selected on the next run, before the selectbox exists
-        sample_in_background(pid, name)
+        sample_in_background(pid, name, state.current_model())
         st.rerun()
 
 
@@ -179,7 +180,7 @@ def projects_tab() -> None:
             cols[0].error(f"Sampling stopped: {t['error']}")
         if p["n_ready"] < p["n_items"] and not task_running(key):
             if cols[1].button("Resume sampling", key=K(f"resume_{p['id']}")):
-                sample_in_background(p["id"], p["name"])
+                sample_in_background(p["id"], p["name"], p["policy"])  # the policy that sampled the others
                 st.rerun()
     if not projects:
         st.info("No feedback projects yet: create one below, or import QA-Feedback / HH-RLHF.")

@@ -8,6 +8,7 @@ database and an empty reward-model store.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -123,8 +124,6 @@ def test_create_sample_label_span_correct_skip_export_and_train(tmp_path):
 
     # train on the labels (in the background); the model lands in the reward-model store
     at.button(key="fs_train").click().run()
-    from workbench.jobs import registry  # noqa: F401 - the app's modules are importable here
-
     _wait(lambda: any((tmp_path / "rms").glob("feedback-typed/workbench_reward.json")), timeout=90)
     time.sleep(0.5)
     at.run()
@@ -158,7 +157,7 @@ def test_pre_labelled_import_and_agreement_tab(tmp_path):
     from core.feedback.export import import_hh_rlhf
 
     rows = [{"chosen": f"\n\nHuman: q{i}\n\nAssistant: good {i}", "rejected": f"\n\nHuman: q{i}\n\nAssistant: bad {i}"} for i in range(4)]
-    (tmp_path / "hh.jsonl").write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    (tmp_path / "hh.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     db = FeedbackStore(tmp_path / "fb.sqlite")
     pid, _ = import_hh_rlhf(db, "hh", tmp_path / "hh.jsonl", limit=4)
     for n, it in enumerate(db.items(pid)):  # a second annotator who agrees on all but one pair
