@@ -415,7 +415,8 @@ def train_tab(project: dict) -> None:
     st.caption(f"A holistic reward model on `{state.current_model()}` features, K-wise ranking loss (InstructGPT eq. 1), "
                "a quarter of the items held out to measure agreement with your labels.")
     if st.button("Train a reward model on these labels", key=K("train"), type="primary", disabled=task_running(key)):
-        config = FeedbackRMConfig(project=project["name"], model=state.current_model(), device=state.current_device())
+        config = FeedbackRMConfig(project=project["name"], model_name_or_path=state.current_model(),
+                                  device=state.current_device())
         start_task(key, "training", lambda: train_feedback_reward_model(config, db))
         st.rerun()
     if st.button("Train C1 and C2 models on the span labels", key=K("train_fg"), disabled=task_running(key + "_fg")):

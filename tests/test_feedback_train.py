@@ -81,7 +81,7 @@ def test_train_from_labels_agrees_with_held_out_labels_and_is_listed_in_the_rewa
     assert all(g["ranks"] == [2, 3, 1] for g in groups)
     monkeypatch.setattr(store, "reward_models_dir", lambda: tmp_path / "rms")
     logged = []
-    result = train_feedback_reward_model(FeedbackRMConfig(project="endings", model=str(tiny_model_path), steps=150,
+    result = train_feedback_reward_model(FeedbackRMConfig(project="endings", model_name_or_path=str(tiny_model_path), num_steps=150,
                                                           learning_rate=5e-2), db, on_log=lambda s, m: logged.append(m["loss"]))
     f = result["figures"]
     assert f["eval_items"] == 3 and f["train_items"] == 9  # 25% of 12 items held out, grouped by item
@@ -101,7 +101,7 @@ def test_train_without_labels_says_what_to_do(db, tiny_model_path):
 
     db.create_project("bare", "m", 2, 0, [{"prompt": "q", "responses": ["a", "b"]}])
     with pytest.raises(FeedbackError, match="no rankings yet"):
-        train_feedback_reward_model(FeedbackRMConfig(project="bare", model=str(tiny_model_path), save_model=False), db)
+        train_feedback_reward_model(FeedbackRMConfig(project="bare", model_name_or_path=str(tiny_model_path), save_model=False), db)
 
 
 def test_finegrained_model_from_span_labels(db, tiny_model_path, tmp_path):
@@ -116,7 +116,7 @@ def test_finegrained_model_from_span_labels(db, tiny_model_path, tmp_path):
         db.submit_spans(f"s-{it['id']}", "ada", it["id"], 0,
                         [{"start": text.index("My cat"), "end": len(text), "category": "C1", "error_type": "Irrelevant"}])
         db.submit_spans(f"t-{it['id']}", "ada", it["id"], 1, [])
-    run = train_finegrained_from_spans(db, pid, "C1", str(tiny_model_path), folder=tmp_path / "qa", epochs=5,
+    run = train_finegrained_from_spans(db, pid, "C1", str(tiny_model_path), folder=tmp_path / "qa", num_epochs=5,
                                        save_dir=str(tmp_path / "c1"))
     f = run.status()["figures"]
     assert f["train_answers"] + f["eval_answers"] == 16 and f["n"] > 0

@@ -10,7 +10,7 @@ Exports (all plain records; ``write_jsonl`` / ``export_project`` write them):
 - ``ranking_records``: one K-wise record per ranking ``{prompt, responses, ranks}``
   (ranks[i] of responses[i], 1 = best, equal = tie) plus ``ordered`` (best first).
 - ``qa_feedback_records``: QA-Feedback JSON (Wu et al. 2023) that
-  ``core.data.load_qa_feedback_spans`` and so ``core.rewards.finegrained`` read
+  ``core.data.load_qa_feedback_spans`` and so ``core.trainers.finegrained`` read
   unchanged: one record per reviewed response (per annotator), that response as
   ``prediction 1`` (the one the spans are on), the other K-1 as ``prediction 2..K``,
   ``feedback.errors`` with the C1/C2 spans, ``feedback.corrected-prediction``, and
@@ -39,7 +39,10 @@ import json
 import random
 from pathlib import Path
 
-from core.feedback.store import FeedbackError, FeedbackStore, check_ranks
+from core import data
+from core.feedback.agreement import project_agreement
+from core.feedback.store import FLAG_NAMES, FeedbackError, FeedbackStore, check_ranks
+from core.paths import shared_data_dir
 
 MODES = ("all", "best_vs_rest")
 
@@ -171,9 +174,8 @@ def dataset_rows(store: FeedbackStore, project_id: int) -> list[dict]:
 
 def dataset_features():
     """The explicit ``datasets.Features`` of ``to_dataset`` (so empty projects and parquet keep one schema)."""
-    from datasets import Features, Sequence, Value
+    from datasets import Features, Sequence, Value  # here, not at the top: `datasets` is heavy
 
-    from core.feedback.store import FLAG_NAMES
 
     rating = {"response_idx": Value("int32"), "score": Value("int32"), "notes": Value("string"),
               **{f: Value("bool") for f in FLAG_NAMES}}
@@ -206,7 +208,7 @@ def write_jsonl(records: list[dict], path) -> Path:
 
 def write_qa_feedback(store: FeedbackStore, project_id: int, folder) -> Path:
     """``folder/feedback.json`` + ``folder/sft.json``; pass the folder to ``load_qa_feedback_spans`` or
-    ``python -m core.rewards.finegrained train --data FOLDER``. Returns the folder."""
+    ``python -m core.trainers.finegrained --data FOLDER``. Returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     feedback, sft = qa_feedback_records(store, project_id)
@@ -222,8 +224,6 @@ def export_project(store: FeedbackStore, project_id: int, folder, agreement: dic
     qa_feedback/ (feedback.json, sft.json), dataset/ (save_to_disk), dataset.parquet, and
     agreement.json (``core.feedback.agreement.project_agreement`` unless ``agreement`` is given).
     """
-    from core.feedback.agreement import project_agreement
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = {
@@ -270,9 +270,6 @@ def import_qa_feedback(store: FeedbackStore, name: str, path=None, limit: int | 
                        annotator: str = "qa-feedback") -> tuple[int, dict]:
     """A project of QA-Feedback questions with their four answers, pre-labelled by ``annotator``:
     the spans and correction of answer 1, a ranking from the six judgements. Returns (project id, counts)."""
-    from core import data
-    from core.paths import shared_data_dir
-
     folder = Path(path) if path else shared_data_dir() / "qa_feedback"
     fb_path = folder / "feedback.json" if folder.is_dir() else folder
     spans = data.load_qa_feedback_spans(folder)  # checks every record and span
@@ -315,8 +312,6 @@ def import_hh_rlhf(store: FeedbackStore, name: str, path=None, limit: int = 200,
                    annotator: str = "hh-rlhf") -> tuple[int, dict]:
     """A K = 2 project of HH-RLHF pairs (response order shuffled by ``seed``), ranked chosen > rejected
     by ``annotator``. Returns (project id, counts)."""
-    from core import data
-
     records = data.load_hh_rlhf(path, limit=limit)
     rng = random.Random(seed)
     items, chosen_at = [], []

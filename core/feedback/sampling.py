@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from core import data
 from core.feedback.store import FeedbackError, FeedbackStore
 
 BUILTIN_SETS = ("demo", "detox", "qa-feedback")
@@ -73,8 +74,6 @@ def read_prompt_file(path, text: str | None = None, name: str | None = None) -> 
 
 def builtin_prompts(name: str, n: int | None = None) -> list[str]:
     """Prompts of a built-in set: 'demo', 'detox', or 'qa-feedback' (needs the real data)."""
-    from core import data
-
     if name == "demo":
         prompts = [r["prompt"] for r in data.load_demo_set().spans]
     elif name == "detox":
@@ -111,7 +110,7 @@ def _generate(policy, tokenizer, prompts: list[str], max_new_tokens: int, temper
 def sample_responses(policy, tokenizer, prompt: str, k: int, seed: int, max_new_tokens: int = 48,
                      temperature: float = 1.0, retries: int = 3) -> list[str]:
     """K non-empty responses to ``prompt`` (seeded); FeedbackError if some stay empty after ``retries`` redraws."""
-    import torch
+    import torch  # here, not at the top: the page imports this module and must stay light
 
     torch.manual_seed(seed)
     responses = _generate(policy, tokenizer, [prompt] * k, max_new_tokens, temperature)

@@ -54,6 +54,8 @@ import stat
 import time
 from pathlib import Path
 
+from core.paths import cache_dir
+
 DB_ENV = "RLHF_WORKBENCH_FEEDBACK_DB"
 K_MIN, K_MAX = 2, 9
 SCORE_MIN, SCORE_MAX = 1, 7
@@ -85,8 +87,6 @@ def default_db_path() -> Path:
     env = os.environ.get(DB_ENV, "").strip()
     if env:
         return Path(env).expanduser()
-    from core.paths import cache_dir
-
     return cache_dir() / "feedback" / "feedback.sqlite"
 
 

@@ -25,7 +25,7 @@ Deviations: InstructGPT fine-tunes a 6B RM; here a linear head on a frozen 135M 
 (``core.rewards.store`` stores full models).
 
 ``train_finegrained_from_spans`` writes the span labels in QA-Feedback format
-(``core.feedback.export``) and runs ``core.rewards.finegrained.train_finegrained_rm`` on them.
+(``core.feedback.export``) and runs ``core.trainers.finegrained.train_finegrained_rm`` on them.
 
 What it leaves out: LoRA / full fine-tuning from the studio (use ``core.trainers.reward``
 with the exported preferences.jsonl), ensembles, active learning.
@@ -39,12 +39,21 @@ with the exported preferences.jsonl), ensembles, active learning.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
+from core.feedback.agreement import reward_model_agreement
+from core.feedback.export import write_qa_feedback
 from core.feedback.store import FeedbackError, FeedbackStore
-from core.models import DEFAULT_MODEL
+from core.models import DEFAULT_MODEL, load_reward_model, load_tokenizer
+from core.rewards.preference_rm import backbone_and_head, encode, format_pair, gather_last, hidden_states
+from core.rewards import store as reward_store
+from core.trainers.finegrained import FineGrainedConfig, train_finegrained_rm
 
 
 @dataclass
@@ -55,7 +64,7 @@ class FeedbackRMConfig:
     """feedback project name (or id)"""
     db: str = ""
     """feedback database file (default: core.feedback.store.default_db_path())"""
-    model: str = DEFAULT_MODEL
+    model_name_or_path: str = DEFAULT_MODEL
     """backbone: an alias, a local folder or a Hugging Face id"""
     eval_fraction: float = 0.25
     """fraction of items held out (grouped by item) to measure agreement with the annotators"""
@@ -63,7 +72,7 @@ class FeedbackRMConfig:
     """an annotator's ratings of all K responses count as a ranking when they did not rank the item"""
     max_length: int = 256
     """tokens per prompt + response; longer inputs are truncated from the left"""
-    steps: int = 200
+    num_steps: int = 200
     """full-batch optimizer steps on the head"""
     learning_rate: float = 1e-2
     """AdamW learning rate of the head"""
@@ -93,9 +102,6 @@ def ranking_loss_with_ties(rewards, ranks):
     Returns losses (G,): the mean of -log sigmoid(r_w - r_l) over the pairs with
     rank_w < rank_l (0 for a group without such pairs).
     """
-    import torch
-    import torch.nn.functional as F
-
     present = ranks > 0  # (G, K)
     above = (ranks.unsqueeze(2) < ranks.unsqueeze(1)) & present.unsqueeze(2) & present.unsqueeze(1)  # (G, K, K): i above j
     diffs = rewards.unsqueeze(2) - rewards.unsqueeze(1)  # (G, K, K): r_i - r_j
@@ -129,10 +135,6 @@ def ranking_groups(store: FeedbackStore, project_id: int, use_ratings: bool = Tr
 
 def response_features(model, tokenizer, texts: list[str], max_length: int, batch_size: int, device):
     """(N, H) fp32 last-token hidden states of a frozen scalar-head model's backbone."""
-    import torch
-
-    from core.rewards.preference_rm import encode, gather_last, hidden_states
-
     feats = []
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
@@ -159,12 +161,6 @@ def train_feedback_reward_model(config: FeedbackRMConfig, store: FeedbackStore |
 
     on_log(step, metrics) is called during training (the page draws it; may be None).
     """
-    import torch
-
-    from core.feedback.agreement import reward_model_agreement
-    from core.models import load_reward_model, load_tokenizer
-    from core.rewards.preference_rm import backbone_and_head, format_pair
-
     t_start = time.time()
     store = store or FeedbackStore(config.db or None)
     project = store.project(int(config.project) if str(config.project).isdigit() else config.project)
@@ -180,8 +176,8 @@ def train_feedback_reward_model(config: FeedbackRMConfig, store: FeedbackStore |
 
     # 2. model: frozen backbone, trainable score head -------------------------------------------------
     torch.manual_seed(config.seed)
-    tokenizer = load_tokenizer(config.model)
-    model = load_reward_model(config.model, device=config.device, dtype=torch.float32)
+    tokenizer = load_tokenizer(config.model_name_or_path)
+    model = load_reward_model(config.model_name_or_path, device=config.device, dtype=torch.float32)
     model.requires_grad_(False)
     _, head = backbone_and_head(model)
     head.requires_grad_(True)
@@ -204,13 +200,13 @@ def train_feedback_reward_model(config: FeedbackRMConfig, store: FeedbackStore |
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
 
     # 4. train: full-batch steps on the head ------------------------------------------------------
-    for step in range(1, config.steps + 1):
+    for step in range(1, config.num_steps + 1):
         rewards = head(x_train).squeeze(-1)  # (G, K)
         loss = ranking_loss_with_ties(rewards, y_train).mean()  # every (item, annotator) ranking counts once
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if on_log and (step % max(config.steps // 20, 1) == 0 or step == config.steps):
+        if on_log and (step % max(config.num_steps // 20, 1) == 0 or step == config.num_steps):
             on_log(step, {"loss": loss.item()})
 
     # 5. evaluate: agreement with the annotators, on held-out items and on training items -------------
@@ -233,7 +229,7 @@ def train_feedback_reward_model(config: FeedbackRMConfig, store: FeedbackStore |
         "format": "text", "separator": " ", "max_length": config.max_length,
         "normalisation": {"mean": train_scores.mean().item(),
                           "std": max(train_scores.std().item(), 1e-6) if train_scores.numel() > 1 else 1.0},
-        "base_model": config.model, "backbone_frozen": True, "lora": False,
+        "base_model": config.model_name_or_path, "backbone_frozen": True, "lora": False,
         "training": {"dataset": f"feedback:{project['name']}", "feedback_db": str(store.path), "project_id": project["id"],
                      "loss": "ranking (InstructGPT eq. 1, ties allowed)", **figures},
     }
@@ -241,25 +237,19 @@ def train_feedback_reward_model(config: FeedbackRMConfig, store: FeedbackStore |
     # 6. save --------------------------------------------------------------------------------------
     path = None
     if config.save_model:
-        from core.rewards.store import reward_models_dir, save_reward_model
-
-        path = Path(config.save_dir) if config.save_dir else reward_models_dir() / name
-        save_reward_model(model.eval(), tokenizer, meta, path)
+        path = Path(config.save_dir) if config.save_dir else reward_store.reward_models_dir() / name
+        reward_store.save_reward_model(model.eval(), tokenizer, meta, path)
         figures["seconds"] = time.time() - t_start
     return {"model_path": str(path) if path else None, "figures": figures, "meta": meta, "scores": scores}
 
 
-def train_finegrained_from_spans(store: FeedbackStore, project_id: int, category: str = "C1", model: str = DEFAULT_MODEL,
-                                 folder=None, **overrides):
-    """A C1 or C2 fine-grained RM (``core.rewards.finegrained``) on the project's span labels; returns its run.
+def train_finegrained_from_spans(store: FeedbackStore, project_id: int, category: str = "C1",
+                                 model_name_or_path: str = DEFAULT_MODEL, folder=None, **overrides):
+    """A C1 or C2 fine-grained RM (``core.trainers.finegrained``) on the project's span labels; returns its run.
 
     folder: where to write the QA-Feedback export (default: a temporary folder). overrides go
-    to ``FineGrainedConfig`` (e.g. epochs=50, save_dir=...).
+    to ``FineGrainedConfig`` (e.g. num_epochs=50, save_dir=...).
     """
-    import tempfile
-
-    from core.feedback.export import write_qa_feedback
-    from core.rewards.finegrained import FineGrainedConfig, train_finegrained_rm
 
     if category not in ("C1", "C2"):
         raise FeedbackError(f"fine-grained models exist for C1 and C2 (C3 is learnt from rankings), got {category!r}")
@@ -267,7 +257,7 @@ def train_finegrained_from_spans(store: FeedbackStore, project_id: int, category
     folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="feedback-qa-"))
     write_qa_feedback(store, project["id"], folder)
     name = overrides.pop("name", f"feedback-{project['name']}-{category.lower()}".replace(" ", "-"))
-    config = FineGrainedConfig(category=category, model=model, data=str(folder), limit=0, name=name,
+    config = FineGrainedConfig(category=category, model_name_or_path=model_name_or_path, data=str(folder), limit=0, name=name,
                                progress=False, **overrides)
     return train_finegrained_rm(config)
 
