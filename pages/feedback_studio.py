@@ -25,7 +25,8 @@ import streamlit as st
 
 from core.feedback import agreement, export
 from core.feedback.sampling import BUILTIN_SETS, builtin_prompts, fill_project, read_prompt_file
-from core.feedback.store import ERROR_TYPES, FLAGS, K_MAX, K_MIN, FeedbackError, FeedbackStore, default_db_path
+from core.feedback.store import (ERROR_TYPES, FLAGS, K_MAX, K_MIN, FeedbackError, FeedbackStore, check_ranks, check_spans,
+                                 default_db_path)
 from workbench import components, state
 
 PAGE = "fs"
@@ -236,12 +237,17 @@ def rating_and_ranking(item: dict, who: str, mine: dict) -> None:
     if not sent:
         return
     db = store()
+    ranks = [int(st.session_state[K(f"rank_{iid}_{i}")]) for i in range(k)]
+    try:
+        check_ranks(ranks, k)  # refuse a bad ranking before saving any of the form's labels
+    except FeedbackError as exc:
+        st.error(str(exc))
+        return
     ok = True
     for i in range(k):
         flags = {f: st.session_state[K(f"flag_{iid}_{i}_{f}")] for f, _ in FLAGS}
         ok &= submit(f"rating_{iid}_{i}", lambda sid, i=i, flags=flags: db.submit_rating(
             sid, who, iid, i, int(st.session_state[K(f"score_{iid}_{i}")]), flags, st.session_state[K(f"notes_{iid}_{i}")]))
-    ranks = [int(st.session_state[K(f"rank_{iid}_{i}")]) for i in range(k)]
     ok &= submit(f"ranking_{iid}", lambda sid: db.submit_ranking(sid, who, iid, ranks))
     if ok:
         st.session_state[K("flash")] = f"Saved ratings and ranking of prompt {item['position'] + 1}."
@@ -278,8 +284,6 @@ def spans_panel(item: dict, who: str, mine: dict) -> None:
     b = st.columns(3)
     if b[0].button("Add span", key=K(f"span_add_{iid}")):
         candidate = draft + [{"start": start, "end": end, "category": cat, "error_type": etype, "segment": seg, "note": note}]
-        from core.feedback.store import check_spans
-
         try:
             st.session_state[draft_key] = check_spans(candidate, text)
             st.rerun()

@@ -83,7 +83,7 @@ def test_create_sample_label_span_correct_skip_export_and_train(tmp_path):
         at.number_input(key=f"fs_rank_{first}_{i}").set_value(1)
     at.button(key=f"fs_submit_{first}").click().run()
     assert any("same rank" in e.value for e in at.error)
-    assert db.labels(pid)["rankings"] == []
+    assert db.labels(pid)["rankings"] == [] and db.labels(pid)["ratings"] == []  # a refused ranking saves none of the form
 
     # rate + flag + rank (with a tie)
     for i, (score, rank) in enumerate([(6, 1), (2, 2), (2, 2)]):
