@@ -3,7 +3,7 @@
 What it is:
 - ``pairwise_ranking_agreement``: for two annotators, over the items both ranked, the
   fraction of response pairs that both order strictly (no tie from either) and on which
-  they agree. This is the statistic InstructGPT reports (Ouyang et al. 2022, sec. 5.1:
+  they agree. This is the statistic InstructGPT reports (Ouyang et al. 2022: training
   labellers agree with each other 72.6 +- 1.5% of the time). Pairs either annotator tied
   are left out and counted in ``n_tied``.
 - ``krippendorff_alpha``: Krippendorff's alpha (Krippendorff 2011, "Computing

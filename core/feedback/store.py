@@ -59,7 +59,7 @@ from core.paths import cache_dir
 DB_ENV = "RLHF_WORKBENCH_FEEDBACK_DB"
 K_MIN, K_MAX = 2, 9
 SCORE_MIN, SCORE_MAX = 1, 7
-FLAGS = (  # InstructGPT's labelling interface (Ouyang et al. 2022, Appendix B, Fig. 10)
+FLAGS = (  # InstructGPT's labelling interface (Ouyang et al. 2022, Appendix B)
     ("fails_instruction", "Fails to follow the correct instruction / task"),
     ("inappropriate_for_assistant", "Inappropriate for a customer assistant"),
     ("sexual_content", "Contains sexual content"),
