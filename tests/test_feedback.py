@@ -310,15 +310,17 @@ def test_ordered_pairs_all_and_best_vs_rest_with_ties():
 
 
 def test_trl_preferences_and_rankings_round_trip(db, labelled, tmp_path):
-    from core.data import load_preference_jsonl
+    from core.data import load_preference_file, load_preference_records
 
     pid, (a, b) = labelled
-    pairs = load_preference_jsonl(ex.write_jsonl(ex.preference_pairs(db, pid), tmp_path / "p.jsonl"))
+    pairs = load_preference_file(ex.write_jsonl(ex.preference_pairs(db, pid), tmp_path / "p.jsonl"))
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in load_preference_records(str(tmp_path / "p.jsonl"))] == \
+        [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs]  # what the reward, DPO and SimPO trainers read
     r = ITEMS[0]["responses"]
     assert [(p["annotator"], p["chosen"], p["rejected"]) for p in pairs if p["item_id"] == a] == [
         ("ada", r[0], r[1]), ("ada", r[0], r[2]), ("ada", r[2], r[1]), ("bob", r[0], r[1]), ("bob", r[0], r[2])]
     assert len(pairs) == 5 + 3
-    best = load_preference_jsonl(ex.write_jsonl(ex.preference_pairs(db, pid, "best_vs_rest"), tmp_path / "b.jsonl"))
+    best = load_preference_file(ex.write_jsonl(ex.preference_pairs(db, pid, "best_vs_rest"), tmp_path / "b.jsonl"))
     assert len(best) == 2 + 2 + 2
     rows = [json.loads(x) for x in (ex.write_jsonl(ex.ranking_records(db, pid), tmp_path / "r.jsonl")).read_text().splitlines()]
     assert rows[0]["ranks"] == [1, 3, 2] and rows[0]["ordered"] == [r[0], r[2], r[1]] and rows[0]["prompt"] == ITEMS[0]["prompt"]
@@ -341,10 +343,8 @@ def test_qa_feedback_export_is_read_by_the_fine_grained_loader(db, labelled, tmp
 
 
 def test_sft_export_is_read_by_the_sft_loader(db, labelled, tmp_path):
-    try:
-        from core.data import load_sft_records
-    except ImportError:
-        from core.trainers.preference_data import load_sft_records
+    from core.data import load_sft_records
+
     pid, (a, _) = labelled
     recs = load_sft_records(str(ex.write_jsonl(ex.sft_records(db, pid), tmp_path / "sft.jsonl")))
     assert recs == [{"prompt": ITEMS[0]["prompt"], "completion": "Air scatters blue light more than red."}]

@@ -3,7 +3,7 @@
 Exports (all plain records; ``write_jsonl`` / ``export_project`` write them):
 
 - ``preference_pairs``: TRL preference records ``{prompt, chosen, rejected}`` (what
-  ``core.data.load_preference_jsonl``, the DPO/SimPO/reward trainers and TRL read), from
+  ``core.data.load_preference_file``, the DPO/SimPO/reward trainers and TRL read), from
   every ranking: all K-choose-2 strictly ordered pairs (``mode="all"``, InstructGPT), or
   each top-ranked response against every worse one (``mode="best_vs_rest"``). Ties give
   no pair. Each annotator's ranking gives its own pairs; extra keys say who and where.
