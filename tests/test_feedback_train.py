@@ -88,6 +88,9 @@ def test_train_from_labels_agrees_with_held_out_labels_and_is_listed_in_the_rewa
     assert logged[-1] < logged[0]
     assert f["train_agreement"] == 1.0 and f["eval_agreement"] == 1.0
     assert set(f["eval_agreement_by_annotator"]) == {"ada", "bob"}
+    again = train_feedback_reward_model(FeedbackRMConfig(project="endings", model_name_or_path=str(tiny_model_path),
+                                                         num_steps=150, learning_rate=5e-2, save_model=False), db)
+    assert again["figures"]["features_reused"] == 36 and again["scores"] == result["scores"]  # features computed once
     listed = store.list_reward_models()
     assert [m["path"] for m in listed] == [result["model_path"]] and listed[0]["kind"] == "preference"
     assert listed[0]["training"]["dataset"] == "feedback:endings"

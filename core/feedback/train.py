@@ -14,7 +14,8 @@ Phases of ``train_feedback_reward_model``:
                  ratings of all K responses stand in for a ranking they did not give;
                  items split train / held-out (grouped by item: no item on both sides)
     2. model     scalar-head model (``core.models.load_reward_model``), backbone frozen
-    3. features  the last-token hidden state of every (prompt, response), once
+    3. features  the last-token hidden state of every (prompt, response), once per process
+                 (``FEATURE_CACHE``: a retrain after more labels computes only the new responses)
     4. train     full-batch AdamW on the score head, ranking loss per (item, annotator)
     5. evaluate  each annotator's agreement with the model on held-out items (and on train)
     6. save      normalisation + the model folder via ``core.rewards.store`` (kind
@@ -133,15 +134,28 @@ def ranking_groups(store: FeedbackStore, project_id: int, use_ratings: bool = Tr
     return groups
 
 
-def response_features(model, tokenizer, texts: list[str], max_length: int, batch_size: int, device):
-    """(N, H) fp32 last-token hidden states of a frozen scalar-head model's backbone."""
-    feats = []
+FEATURE_CACHE: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+"""(backbone, max_length) -> {text: (H,) feature}: the frozen backbone's features, kept for the life of the
+process, so retraining after a few more labels only computes the new responses (the app is one process)."""
+
+
+def response_features(model, tokenizer, texts: list[str], max_length: int, batch_size: int, device,
+                      cache: dict | None = None) -> tuple[torch.Tensor, int]:
+    """((N, H) fp32 last-token hidden states of a frozen scalar-head model's backbone, how many came from ``cache``).
+
+    Texts are run shortest first, so a batch pads little; ``cache`` (text -> feature) is read and filled.
+    """
+    cache = {} if cache is None else cache
+    todo = sorted({t for t in texts if t not in cache}, key=len)
     with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            enc = encode(tokenizer, texts[i : i + batch_size], max_length)
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i : i + batch_size]
+            enc = encode(tokenizer, batch, max_length)
             mask = enc["attention_mask"].to(device)
-            feats.append(gather_last(hidden_states(model, enc["input_ids"].to(device), mask), mask).float().cpu())
-    return torch.cat(feats) if feats else torch.zeros(0)
+            h = gather_last(hidden_states(model, enc["input_ids"].to(device), mask), mask).float().cpu()  # (b, H)
+            cache.update(zip(batch, h))
+    reused = len(set(texts)) - len(todo)
+    return (torch.stack([cache[t] for t in texts]) if texts else torch.zeros(0)), reused
 
 
 def _split(records, eval_fraction, seed, key):
@@ -186,7 +200,9 @@ def train_feedback_reward_model(config: FeedbackRMConfig, store: FeedbackStore |
     used = sorted({g["item_id"] for g in groups})
     texts = [format_pair(tokenizer, items[i]["prompt"], r, "text", " ")[0] for i in used for r in items[i]["responses"]]
     t0 = time.time()
-    feats = response_features(model, tokenizer, texts, config.max_length, config.feature_batch_size, config.device)
+    cache = FEATURE_CACHE.setdefault((str(config.model_name_or_path), config.max_length), {})
+    feats, reused = response_features(model, tokenizer, texts, config.max_length, config.feature_batch_size,
+                                      config.device, cache)
     k = project["k"]
     row = {item_id: n for n, item_id in enumerate(used)}
     feats = feats.view(len(used), k, -1)  # (items, K, H)
@@ -220,7 +236,7 @@ def train_feedback_reward_model(config: FeedbackRMConfig, store: FeedbackStore |
         "eval_agreement": held.get("all", {}).get("agreement"),
         "eval_agreement_by_annotator": {a: v for a, v in held.items() if a != "all"},
         "train_agreement": reward_model_agreement(train, scores)["all"]["agreement"],
-        "final_loss": loss.item(), "features_s": features_s, "seconds": time.time() - t_start,
+        "final_loss": loss.item(), "features_s": features_s, "features_reused": reused, "seconds": time.time() - t_start,
     }
     train_scores = torch.stack([all_scores[row[g["item_id"]]] for g in train]).flatten()
     name = config.name or f"feedback-{project['name']}".replace(" ", "-").replace("/", "-")
