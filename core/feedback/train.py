@@ -71,13 +71,13 @@ class FeedbackRMConfig:
     """fraction of items held out (grouped by item) to measure agreement with the annotators"""
     use_ratings: bool = True
     """an annotator's ratings of all K responses count as a ranking when they did not rank the item"""
-    max_length: int = 256
-    """tokens per prompt + response; longer inputs are truncated from the left"""
-    num_steps: int = 200
+    max_length: int = 128
+    """tokens per prompt + response; longer inputs are truncated from the left (the response end is kept)"""
+    num_steps: int = 100
     """full-batch optimizer steps on the head"""
-    learning_rate: float = 1e-2
+    learning_rate: float = 1e-3
     """AdamW learning rate of the head"""
-    weight_decay: float = 1e-2
+    weight_decay: float = 1e-3
     """AdamW weight decay"""
     feature_batch_size: int = 8
     """texts per forward pass when computing features"""
