@@ -21,6 +21,7 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "accelerate", "streamlit")
 LIGHT = ["core", "core.paths", "core.metrics", "core.runstore", "core.data", "core.rewards", "core.rewards.store",
+         "core.feedback", "core.feedback.store", "core.feedback.sampling", "core.feedback.export", "core.feedback.agreement",
          "core.trainers"]
 
 

@@ -36,6 +36,7 @@ PAGES = [
     st.Page(ROOT / "pages" / "training_curves.py", title="Training curves", icon=":material/show_chart:", url_path="curves"),
     st.Page(ROOT / "pages" / "reward_lab.py", title="Reward-weight lab", icon=":material/tune:", url_path="lab"),
     st.Page(ROOT / "pages" / "preference.py", title="Preference optimisation", icon=":material/balance:", url_path="preference"),
+    st.Page(ROOT / "pages" / "feedback_studio.py", title="Feedback studio", icon=":material/rate_review:", url_path="feedback"),
 ]
 
 
