@@ -12,8 +12,8 @@ What it is:
   responses whether it runs in one go or resumes after a crash (``fill_project``).
   Empty samples (an immediate end-of-sequence) are redrawn up to ``retries`` times.
 
-The one place that calls the policy's generate function is ``_generate`` (marked
-below), so a change of the rollout module touches one import.
+Sampling goes through ``core.rollout.generate`` (the same path as PPO and the explorer),
+with each prompt formatted as a user turn for instruct models.
 
 What it leaves out: loading the policy (the caller passes a model and tokenizer).
 
@@ -93,14 +93,11 @@ def item_seed(project_seed: int, position: int) -> int:
 
 
 def _generate(policy, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float) -> list[str]:
-    """Decoded sampled responses, one per prompt. THE call site of the rollout module's ``generate``."""
-    try:  # the rollout module's home since the chat-template change
-        from core.rollout import generate
-    except ImportError:
-        from core.trainers.rollout import generate
+    """Decoded sampled responses, one per prompt (each prompt as a user turn when the model has a chat template)."""
+    from core.rollout import generate
 
     rollout = generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                       min_new_tokens=min(2, max_new_tokens))
+                       min_new_tokens=min(2, max_new_tokens), chat_template=True)
     out = []
     for ids, mask in zip(rollout.response_ids, rollout.response_mask):
         out.append(tokenizer.decode(ids[mask.bool()], skip_special_tokens=True).strip())

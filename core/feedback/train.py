@@ -159,11 +159,9 @@ def response_features(model, tokenizer, texts: list[str], max_length: int, batch
 
 
 def _split(records, eval_fraction, seed, key):
-    """The project's one deterministic grouped split. THE call site of it (its module may move)."""
-    try:
-        from core.data import split
-    except ImportError:
-        from core.trainers.batching import split
+    """The project's one deterministic grouped split (``core.data.split``)."""
+    from core.data import split
+
     return split(records, eval_fraction, seed=seed, key=key)
 
 
