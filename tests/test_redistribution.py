@@ -114,3 +114,27 @@ def test_red_and_holistic_scales_differ_by_the_prompt_baseline(tiny_rm):
         assert float(totals["holistic"][b]) == pytest.approx((full - mean) / std, abs=1e-4)
         assert float(totals["red"][b]) == pytest.approx((full - r_x) / std, abs=1e-4)
         assert float(totals["red"][b] - totals["holistic"][b]) == pytest.approx((mean - r_x) / std, abs=1e-4)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_identity_beyond_max_length(tiny_rm, padding_side):
+    """A prompt + response longer than max_length: every response token gets credit, the sum telescopes to the
+    windowed holistic scores R(x, y) - R(x), and batched windows equal prefix-by-prefix scoring."""
+    from core.rewards.preference_rm import score_texts
+    from core.rewards.redistribution import context_cut
+
+    model, tok = tiny_rm
+    L = 24
+    long_y = " ".join(["the river runs fast and the blue house sits by the tree"] * 6)  # ~70 tokens > L
+    prompts, responses = [PROMPTS[0], PROMPTS[1], "x " * 40], [long_y, RESPONSES[1], long_y]  # mixed: long, short, long prompt
+    assert context_cut(tok, prompts, responses, max_length=L) == [True, False, True]
+    rewards, spans, totals = rm_token_rewards(model, tok, prompts, responses, max_length=L, padding_side=padding_side,
+                                              batch_size=5)
+    for b, (p, y) in enumerate(zip(prompts, responses)):
+        whole = score_texts(model, tok, [p + " " + y], max_length=L)[0]
+        alone = score_texts(model, tok, [p], max_length=L)[0]
+        assert totals[b] == pytest.approx(whole, abs=1e-4)
+        assert sum(rewards[b]) == pytest.approx(whole - alone, abs=1e-4)
+        assert spans[b][0][0] == 0 and spans[b][-1][1] == len(y)  # the whole response is covered
+        torch.testing.assert_close(torch.tensor(rewards[b]), torch.tensor(slow_redistribution(model, tok, p, y, max_length=L)))
+    assert sum(abs(v) > 0 for v in rewards[0]) > L  # credit beyond the first window, not only its start

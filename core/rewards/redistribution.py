@@ -22,6 +22,15 @@ Fast path: with a causal backbone the hidden state at position t sees only token
 ``slow_redistribution`` recomputes every prefix separately; the tests check that both
 agree (left and right padding, batches of several).
 
+Long inputs: a reward model reads at most ``max_length`` tokens, and its holistic score of
+a longer text is read on the last ``max_length`` of them (truncation from the left). Every
+prefix score s_t is read the same way (``windowed_prefix_scores``: the first ``max_length``
+prefixes in one pass, then one ``max_length``-token window per later position), so the
+identity sum_t r_t = R(x, y) - R(x) holds at any length and every response token gets its
+credit; what remains is that the model no longer sees the start of the prompt
+(``context_cut`` says when, for the explorer to show). Long inputs cost one window pass per
+token beyond ``max_length``: a larger max_length is faster when the model allows it.
+
 Tokenizers: redistribution happens on the REWARD MODEL's tokens.
 ``map_to_tokens`` moves the values onto any other tokenisation of the same response
 (the policy's) through character spans (``core.rewards.align``): each RM token's reward
@@ -40,7 +49,7 @@ from __future__ import annotations
 import torch
 
 from core.rewards.align import Span, char_to_token_index
-from core.rewards.preference_rm import PreferenceReward, encode, format_pair, score_all_positions, sequence_scores
+from core.rewards.preference_rm import PreferenceReward, format_pair, score_all_positions, sequence_scores
 
 
 def redistribute(prefix_scores: torch.Tensor, response_mask: torch.Tensor, attention_mask: torch.Tensor,
@@ -73,23 +82,98 @@ def _response_mask(enc: dict, starts: list[int]) -> torch.Tensor:
     return (enc["attention_mask"].bool() & (ends > starts_t)).long()
 
 
+def _encode_full(tokenizer, texts: list[str], padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Tokenise without truncation: input_ids, attention_mask (B, T) and offset_mapping (B, T, 2)."""
+    old = tokenizer.padding_side
+    tokenizer.padding_side = padding_side
+    try:
+        enc = tokenizer(texts, padding=True, return_tensors="pt", return_offsets_mapping=True)
+    finally:
+        tokenizer.padding_side = old
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "offset_mapping": enc["offset_mapping"]}
+
+
+def windowed_prefix_scores(model, rows: list[torch.Tensor], needed_from: list[int], max_length: int,
+                           batch_size: int = 16) -> list[torch.Tensor]:
+    """Score of every prefix of each token row, each read on at most its last ``max_length`` tokens.
+
+    rows[b]: (n_b,) token ids (no padding); needed_from[b]: the first position whose score is
+    needed. Entry t of the result is s_t = R(row[max(0, t - L + 1) : t + 1]) with L = max_length,
+    which is exactly what ``score_texts`` (truncation from the left) returns for the prefix ending
+    at t. Rows of at most L tokens take one causal pass (all prefixes at once); a longer row takes
+    one pass over its first L tokens and one L-token window per later position, batched.
+    Returns one (n_b,) float tensor per row (positions before needed_from may be 0).
+    """
+    device = next(model.parameters()).device
+    L = max_length
+    out = [torch.zeros(len(r)) for r in rows]
+    short = [b for b, r in enumerate(rows) if len(r) <= L]
+    for i in range(0, len(short), batch_size):
+        group = short[i : i + batch_size]
+        T = max(len(rows[b]) for b in group)
+        ids = torch.zeros(len(group), T, dtype=torch.long)
+        attn = torch.zeros(len(group), T, dtype=torch.long)
+        for k, b in enumerate(group):
+            ids[k, : len(rows[b])], attn[k, : len(rows[b])] = rows[b], 1
+        s = score_all_positions(model, ids.to(device), attn.to(device)).float().cpu()  # (b, T)
+        for k, b in enumerate(group):
+            out[b] = s[k, : len(rows[b])]
+    windows, where = [], []
+    for b, r in enumerate(rows):
+        if len(r) <= L:
+            continue
+        if needed_from[b] < L:  # the first L prefixes: one causal pass
+            ids = r[:L].unsqueeze(0).to(device)
+            out[b][:L] = score_all_positions(model, ids, torch.ones_like(ids))[0].float().cpu()
+        for t in range(max(L, needed_from[b]), len(r)):
+            windows.append(r[t - L + 1 : t + 1])
+            where.append((b, t))
+    for i in range(0, len(windows), batch_size):
+        ids = torch.stack(windows[i : i + batch_size]).to(device)  # (b, L)
+        s = sequence_scores(model, ids, torch.ones_like(ids)).float().cpu()
+        for (b, t), v in zip(where[i : i + batch_size], s.tolist()):
+            out[b][t] = v
+    return out
+
+
+def context_cut(tokenizer, prompts, responses, fmt: str = "text", separator: str = " ", max_length: int = 1024) -> list[bool]:
+    """Per example: True when prompt + response exceed ``max_length`` reward-model tokens, so that the
+    scores (holistic and redistributed) are read on windows of the last ``max_length`` tokens and the
+    start of the prompt is out of the model's view. Every response token still gets its credit."""
+    texts = [format_pair(tokenizer, p, r, fmt, separator)[0] for p, r in zip(prompts, responses)]
+    return [len(ids) > max_length for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+
+
 @torch.no_grad()
 def rm_token_rewards(model, tokenizer, prompts, responses, fmt: str = "text", separator: str = " ",
-                     max_length: int = 1024, first_token: str = "prompt", padding_side: str = "right"):
-    """Redistributed rewards on the reward model's own response tokens, one batched forward pass.
+                     max_length: int = 1024, first_token: str = "prompt", padding_side: str = "right",
+                     batch_size: int = 16):
+    """Redistributed rewards on the reward model's own response tokens, at any length.
 
+    Every prefix score is read on at most the last ``max_length`` tokens
+    (``windowed_prefix_scores``), exactly as the holistic score ``score_texts`` reads a
+    long text, so sum_t r_t = R(x, y) - R(x) holds for inputs of any length and every
+    response token gets its credit; short inputs take a single forward pass.
     Returns (rewards, spans, totals): per example a list of r_t, the (start, end) char
     span of each of those RM tokens in the RESPONSE text (clamped to it), and the
     holistic score R(x, y) read at the last token.
     """
     texts = [format_pair(tokenizer, p, r, fmt, separator) for p, r in zip(prompts, responses)]
-    enc = encode(tokenizer, [t for t, _ in texts], max_length, padding_side)
-    device = next(model.parameters()).device
-    ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-    scores = score_all_positions(model, ids, attn).float()  # (B, T): R(x, y_<=t)
-    resp = _response_mask(enc, [s for _, s in texts]).to(device)
+    enc = _encode_full(tokenizer, [t for t, _ in texts], padding_side)
+    attn = enc["attention_mask"]
+    resp = _response_mask(enc, [s for _, s in texts])  # (B, T)
+    rows, needed, positions = [], [], []
+    for b in range(len(texts)):
+        pos = attn[b].nonzero().squeeze(-1)  # where the real tokens are in the padded row
+        first_resp = int(resp[b, pos].nonzero()[0]) if resp[b].any() else len(pos)
+        rows.append(enc["input_ids"][b, pos])
+        needed.append(max(first_resp - 1, 0))
+        positions.append(pos)
+    scores = torch.zeros(attn.shape, dtype=torch.float32)  # (B, T): R(x, y_<=t), windowed
+    for b, s in enumerate(windowed_prefix_scores(model, rows, needed, max_length, batch_size)):
+        scores[b, positions[b]] = s
     rewards = redistribute(scores, resp, attn, first_token)  # (B, T)
-    totals = scores.gather(1, ((torch.arange(ids.shape[1], device=device) * attn).argmax(-1)).unsqueeze(1)).squeeze(1)
+    totals = [float(scores[b, positions[b][-1]]) if len(positions[b]) else 0.0 for b in range(len(texts))]
     out_r, out_s = [], []
     for b, (_, start) in enumerate(texts):
         n = len(responses[b]) if isinstance(responses[b], str) else None
@@ -101,9 +185,9 @@ def rm_token_rewards(model, tokenizer, prompts, responses, fmt: str = "text", se
             if n is not None:
                 s, e = min(s, n), min(e, n)
             spans.append((s, e))
-        out_r.append(rewards[b, cols].cpu().tolist())
+        out_r.append(rewards[b, cols].tolist())
         out_s.append(spans)
-    return out_r, out_s, totals.cpu().tolist()
+    return out_r, out_s, totals
 
 
 @torch.no_grad()
@@ -112,15 +196,20 @@ def slow_redistribution(model, tokenizer, prompt, response, fmt: str = "text", s
     """Reference: one full forward pass per response prefix (and one for the prompt alone).
 
     Same tokens as ``rm_token_rewards`` (prefixes of one tokenisation, not re-tokenised
-    text); O(|y|) forward passes, for tests and teaching only.
+    text), each prefix cut from the left to its last ``max_length`` tokens as ``score_texts``
+    would; O(|y|) forward passes, for tests and teaching only.
     """
     text, start = format_pair(tokenizer, prompt, response, fmt, separator)
-    enc = encode(tokenizer, [text], max_length)
+    enc = _encode_full(tokenizer, [text])
     device = next(model.parameters()).device
     ids = enc["input_ids"].to(device)
     resp = _response_mask(enc, [start])[0]
     cols = torch.nonzero(resp).squeeze(-1).tolist()
-    score = lambda t: sequence_scores(model, ids[:, : t + 1], torch.ones_like(ids[:, : t + 1])).item()  # noqa: E731
+
+    def score(t):  # R of the prefix ending at t, on its last max_length tokens
+        window = ids[:, max(0, t - max_length + 1) : t + 1]
+        return sequence_scores(model, window, torch.ones_like(window)).item()
+
     prev = score(cols[0] - 1) if cols and cols[0] > 0 and first_token == "prompt" else 0.0
     out = []
     for t in cols:
@@ -167,6 +256,10 @@ class RedistributedReward(PreferenceReward):
     def rm_token_rewards(self, prompts, responses):
         return rm_token_rewards(self.model, self.tokenizer, prompts, responses, self.fmt, self.separator,
                                 self.max_length, self.first_token)
+
+    def context_cut(self, prompts, responses) -> list[bool]:
+        """Per example: True when the input exceeds the model's max_length (windows of its last tokens are read)."""
+        return context_cut(self.tokenizer, prompts, responses, self.fmt, self.separator, self.max_length)
 
     def score(self, prompts, responses, segments):
         """segments[b]: the policy's token spans of responses[b]; one value per policy token."""
