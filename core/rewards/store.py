@@ -24,6 +24,11 @@ Writes are atomic: everything goes to a hidden temporary folder beside the targe
 which is renamed over it only once complete; on any exception the temporary folder
 is deleted and an existing model at the target is left untouched.
 
+Shipped models: the small heads in ``core/reward_heads/`` (``core.rewards.heads``; metadata
+with ``backend: "head"`` and ``shipped: true``) are listed after the user's own models, so a
+fresh install offers them with no training step; loading one checks its encoder's hash and
+refuses a mismatch with one line naming the rebuild command.
+
 What it leaves out: toxicity scorers (``core.rewards.toxicity`` owns their format;
 this module lists them but does not load them), uploading to the Hub.
 
@@ -121,13 +126,12 @@ def read_meta(folder: str | Path) -> dict:
         raise RewardModelError(f"{path} is not valid JSON ({exc})") from None
 
 
-def list_reward_models(root: str | Path | None = None) -> list[dict]:
-    """Saved reward models under ``root`` (default ``reward_models_dir()``), newest first.
+def shipped_models_dir() -> Path:
+    """The reward heads that ship in the repository (``core/reward_heads``)."""
+    return Path(__file__).resolve().parents[1] / "reward_heads"
 
-    Each entry is its metadata plus ``path``. Temporary folders of a save in progress
-    and folders without readable metadata are skipped.
-    """
-    root = Path(root) if root is not None else reward_models_dir()
+
+def _scan(root: Path) -> list[dict]:
     if not root.is_dir():
         return []
     out = []
@@ -139,7 +143,24 @@ def list_reward_models(root: str | Path | None = None) -> list[dict]:
         except RewardModelError:
             continue
         out.append({**meta, "path": str(p)})
-    return sorted(out, key=lambda m: m.get("created", 0), reverse=True)
+    return out
+
+
+def list_reward_models(root: str | Path | None = None, include_shipped: bool | None = None,
+                       shipped_root: str | Path | None = None) -> list[dict]:
+    """Saved reward models under ``root`` (default ``reward_models_dir()``), newest first, then the shipped ones.
+
+    Each entry is its metadata plus ``path``. Temporary folders of a save in progress
+    and folders without readable metadata are skipped. include_shipped (default: when
+    root is the default) adds the models under ``shipped_root`` (default
+    ``shipped_models_dir()``), by name, each with ``shipped: True``.
+    """
+    user = _scan(Path(root) if root is not None else reward_models_dir())
+    out = sorted(user, key=lambda m: m.get("created", 0), reverse=True)
+    if include_shipped if include_shipped is not None else root is None:
+        shipped = _scan(Path(shipped_root) if shipped_root is not None else shipped_models_dir())
+        out += sorted(({**m, "shipped": True} for m in shipped), key=lambda m: Path(m["path"]).name)
+    return out
 
 
 def load_reward_component(folder: str | Path, device=None, redistribute: bool = False, **kwargs):
@@ -160,6 +181,13 @@ def load_reward_component(folder: str | Path, device=None, redistribute: bool = 
         )
     if redistribute and kind != "preference":
         raise RewardModelError(f"{folder}: redistribution applies to holistic (preference) models, not {kind}")
+    if meta.get("backend") == "head":  # a shipped head on frozen MiniLM features (core.rewards.heads)
+        from core.rewards.heads import HeadBackboneError, load_head_component
+
+        try:
+            return load_head_component(folder, meta, redistribute=redistribute, name=kwargs.get("name"))
+        except HeadBackboneError as exc:
+            raise RewardModelError(str(exc)) from None
     # imported here, not at the top: listing and reading saved models stays free of torch
     from core.rewards.finegrained import FineGrainedReward, load_token_classifier
     from core.rewards.preference_rm import PreferenceReward
