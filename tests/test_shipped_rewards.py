@@ -158,3 +158,16 @@ def test_shipped_heads_load_and_score():
                                   ["I can't help with hurting anyone. Could you talk to them about the problem?",
                                    "Hit him with a brick when he is not looking."])
     assert polite > rude
+
+
+def test_fit_passages_keeps_question_and_answer(tokenizer):
+    from core.rewards.preference_rm import fit_passages
+
+    passages = " | ".join(f"wikipage: P{i} text: " + " ".join(f"word{i}_{k}" for k in range(40)) for i in range(6))
+    prompt, answer = f"question: Who built the Old Bridge? context: {passages}", "Anna Smith built it in 1842."
+    fitted, cut = fit_passages(tokenizer, prompt, answer, 120, " answer: ")
+    assert cut and fitted.startswith("question: Who built the Old Bridge? context: wikipage: P0") and " ... " in fitted
+    assert fitted.rstrip().endswith("word5_39")  # the start and the end of the passages stay, the middle goes
+    assert len(tokenizer(fitted + " answer: " + answer)["input_ids"]) <= 120
+    assert fit_passages(tokenizer, prompt, answer, 4000, " answer: ") == (prompt, False)
+    assert fit_passages(tokenizer, "Say hi.", answer, 3, " ") == ("Say hi.", False)  # not a QA prompt: untouched

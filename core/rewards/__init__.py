@@ -15,6 +15,10 @@ What is here (each a leaf module, imported on demand so ``import core.rewards`` 
   detox rewards of Wu et al. 2023, sec. 3;
 - ``fluency``   - perplexity under a frozen reference LM and distinct-n.
 
+- ``heads``     - the reward models that ship with the project (``core/reward_heads/``):
+  linear heads on frozen MiniLM and lexical grounding features, with no training step;
+- ``embedcache`` - MiniLM sentence embeddings cached on disk for rebuilding them.
+
 What it leaves out: the learned reward models (Bradley-Terry, fine-grained RMs,
 redistribution) live in their own modules and implement ``tensor.RewardComponent``.
 

@@ -59,4 +59,4 @@ def embed_cached(texts: list[str], cache_file: Path | None = None, max_length: i
 def token_count(texts: list[str], max_length: int = 256) -> list[int]:
     """MiniLM word-piece counts (with [CLS]/[SEP]) of each text, uncut: > max_length means it was truncated."""
     tok = embedder(max_length).tokenizer
-    return [len(ids) for ids in tok(texts, add_special_tokens=True, truncation=False)["input_ids"]]
+    return [len(ids) for ids in tok(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]]

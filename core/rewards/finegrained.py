@@ -22,7 +22,8 @@ Labels from the human spans of QA-Feedback (``core.data.load_qa_feedback_spans``
 a segment (``core.rewards.segments``) is erroneous (label 1) when it overlaps, by at
 least one character, a human span of that category; otherwise it is clean (0).
 RM input, as upstream: C1 reads ``question: Q answer: Y`` (no passages), C2 reads the
-full prompt with the Wikipedia passages then `` answer: Y`` (facts are checked against them).
+full prompt with the Wikipedia passages then `` answer: Y`` (facts are checked against them),
+its passages cut in the middle when the whole does not fit max_length, never the question.
 
 Deviations: upstream fine-tunes Longformer-base (bidirectional) with a ``</s>`` inserted
 before each segment and predicts at those markers; we read a causal backbone
@@ -45,7 +46,7 @@ from transformers import AutoModelForTokenClassification
 from core.devices import default_dtype, pick_device
 from core.models import resolve_model
 from core.rewards.align import char_to_token_index
-from core.rewards.preference_rm import backbone_and_head, encode, format_pair, hidden_states
+from core.rewards.preference_rm import backbone_and_head, encode, fit_passages, format_pair, hidden_states
 from core.rewards.segments import segment_spans
 
 CATEGORIES = {
@@ -69,10 +70,15 @@ def segment_labels(response: str, spans: list[dict], category: str) -> list[tupl
     return [((a, b), int(any(s < b and a < e for s, e in marked))) for a, b in segment_spans(response, level)]
 
 
-def rm_prefix(prompt: str, category: str) -> str:
-    """What the category's RM reads before the answer: the question alone (C1) or the whole prompt (C2)."""
+def rm_prefix(prompt: str, category: str, tokenizer=None, response: str = "", max_length: int = 0) -> str:
+    """What the category's RM reads before the answer: the question alone (C1) or the whole prompt (C2).
+
+    With a tokenizer and max_length, a C2 prompt's passages are cut in the middle so that the
+    question and the answer always fit (``preference_rm.fit_passages``)."""
     if CATEGORIES[category]["input"] == "question":
         return prompt.split(" context: ")[0]  # "question: Q" from the QA-Feedback prompt
+    if tokenizer is not None and max_length:
+        return fit_passages(tokenizer, prompt, response, max_length, SEPARATOR)[0]
     return prompt
 
 
@@ -135,6 +141,10 @@ class FineGrainedReward:
         self.max_length = int(meta.get("max_length", 1024))
         self.batch_size = batch_size
 
+    def _fit(self, response: str) -> tuple:
+        """(tokenizer, response, max_length) for rm_prefix when the model was trained with passages cut in the middle."""
+        return (self.tokenizer, response, self.max_length) if self.meta.get("trim_passages") else ()
+
     @torch.no_grad()
     def error_probabilities(self, prompts: list[str], responses: list[str], segments) -> list[list[float]]:
         """P(error) for every segment of every response."""
@@ -142,7 +152,7 @@ class FineGrainedReward:
         device = next(self.model.parameters()).device
         out = []
         for i in range(0, len(prompts), self.batch_size):
-            items = [(format_pair(None, rm_prefix(p, self.category), r, "text", self.meta.get("separator", SEPARATOR)), segs)
+            items = [(format_pair(None, rm_prefix(p, self.category, *self._fit(r)), r, "text", self.meta.get("separator", SEPARATOR)), segs)
                      for p, r, segs in zip(prompts[i : i + self.batch_size], responses[i : i + self.batch_size],
                                            segments[i : i + self.batch_size])]
             todo = [k for k, (_, segs) in enumerate(items) if segs]

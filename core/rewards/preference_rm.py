@@ -72,6 +72,38 @@ def format_pair(tokenizer, prompt: Text, response: Text, fmt: str = "auto", sepa
     return full, start
 
 
+def fit_passages(tokenizer, prompt: Text, response: Text, max_length: int, separator: str = " ") -> tuple[Text, bool]:
+    """The prompt with its QA passages cut in the MIDDLE so that prompt + separator + response fits max_length tokens.
+
+    A QA-Feedback prompt ``question: Q context: P`` keeps its question, the start and the end
+    of P (joined by " ... ") and the whole response; left truncation (``encode``) would drop
+    the question first. Other prompts, and prompts that already fit, come back unchanged.
+    Returns (prompt, trimmed). When question + response alone exceed max_length the passages
+    are dropped whole and ``encode`` still cuts from the left.
+    """
+    if not isinstance(prompt, str) or not isinstance(response, str) or not prompt.startswith("question:"):
+        return prompt, False
+    from core.rewards.heads import qa_parts
+
+    question, passages = qa_parts(prompt)
+    if not passages:
+        return prompt, False
+    n = lambda t: len(tokenizer(t, add_special_tokens=True)["input_ids"])  # noqa: E731
+    excess = n(prompt + separator + response) - max_length
+    if excess <= 0:
+        return prompt, False
+    ids = tokenizer(passages, add_special_tokens=False)["input_ids"]
+    keep = len(ids) - excess - 4  # room for the " ... " marker and re-tokenisation at the joins
+    while True:
+        if keep <= 0:
+            return f"question: {question} context: ...", True
+        head, tail = ids[: keep // 2], ids[len(ids) - (keep - keep // 2):]
+        cut = f"question: {question} context: {tokenizer.decode(head)} ... {tokenizer.decode(tail)}"
+        if n(cut + separator + response) <= max_length:
+            return cut, True
+        keep -= 4
+
+
 def encode(tokenizer, texts: list[str], max_length: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
     """Tokenise with truncation from the LEFT (the score is read at the end, which must survive).
 
@@ -193,7 +225,14 @@ class PreferenceReward:
         self.max_length = int(max_length or self.meta.get("max_length", 1024))
         self.batch_size = batch_size
 
+    def fitted_prompts(self, prompts: list[Text], responses: list[Text]) -> list[Text]:
+        """Prompts with QA passages cut in the middle to fit max_length (models saved with trim_passages)."""
+        if not self.meta.get("trim_passages"):
+            return list(prompts)
+        return [fit_passages(self.tokenizer, p, r, self.max_length, self.separator)[0] for p, r in zip(prompts, responses)]
+
     def texts(self, prompts: list[Text], responses: list[Text]) -> list[tuple[str, int]]:
+        prompts = self.fitted_prompts(prompts, responses)
         return [format_pair(self.tokenizer, p, r, self.fmt, self.separator) for p, r in zip(prompts, responses)]
 
     def score_texts(self, prompts: list[Text], responses: list[Text]) -> list[float]:

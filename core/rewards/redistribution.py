@@ -254,12 +254,13 @@ class RedistributedReward(PreferenceReward):
         self.first_token = first_token
 
     def rm_token_rewards(self, prompts, responses):
-        return rm_token_rewards(self.model, self.tokenizer, prompts, responses, self.fmt, self.separator,
-                                self.max_length, self.first_token)
+        return rm_token_rewards(self.model, self.tokenizer, self.fitted_prompts(prompts, responses), responses, self.fmt,
+                                self.separator, self.max_length, self.first_token)
 
     def context_cut(self, prompts, responses) -> list[bool]:
         """Per example: True when the input exceeds the model's max_length (windows of its last tokens are read)."""
-        return context_cut(self.tokenizer, prompts, responses, self.fmt, self.separator, self.max_length)
+        return context_cut(self.tokenizer, self.fitted_prompts(prompts, responses), responses, self.fmt, self.separator,
+                           self.max_length)
 
     def score(self, prompts, responses, segments):
         """segments[b]: the policy's token spans of responses[b]; one value per policy token."""

@@ -17,7 +17,8 @@ Protocol (the same for all four):
                   class's, else the best accuracy).
     3. refit      the chosen setting on train + validation.
     4. held out   figures once, with 95 % bootstrap intervals over groups (1,000 resamples), beside the
-                  baselines: majority class (C1, C2) and "the longer answer wins" (HH, C3; ties 0.5).
+                  baselines: majority class (C1, C2) and "the longer answer wins" (HH, C3; ties 0.5),
+                  and the paired difference model - baseline with its own interval.
     5. save       ``workbench_reward.json`` + ``head.json`` per model (a few kB, no pickle), with the
                   encoder's content hash and the data files' sha256.
 
@@ -230,6 +231,8 @@ def build_pairwise(name: str, data: Path, cache: Path, n_boot: int) -> tuple[dic
     held = {
         "accuracy": _figure(g, lambda i: float((margin[i] > 0).mean() + 0.5 * (margin[i] == 0).mean()), n_boot),
         "longer_wins": _figure(g, lambda i: float((longer[i] > 0).mean() + 0.5 * (longer[i] == 0).mean()), n_boot),
+        "minus_longer_wins": _figure(g, lambda i: float((margin[i] > 0).mean() + 0.5 * (margin[i] == 0).mean()
+                                                        - (longer[i] > 0).mean() - 0.5 * (longer[i] == 0).mean()), n_boot),
         "pairs": int(ho.sum()), "groups": int(len(np.unique(g))),
     }
     raw = np.concatenate([lin(Fc[fit]), lin(Fr[fit])])
@@ -284,6 +287,8 @@ def build_segments(name: str, data: Path, cache: Path, n_boot: int) -> tuple[dic
         "accuracy": _figure(g, lambda i: float((pred[i] == yh[i]).mean()), n_boot),
         "majority_f1_error": _figure(g, lambda i: f1_error(np.full(len(i), majority), yh[i]), n_boot),
         "majority_accuracy": _figure(g, lambda i: float((yh[i] == majority).mean()), n_boot),
+        "f1_minus_majority": _figure(g, lambda i: f1_error(pred[i], yh[i]) - f1_error(np.full(len(i), majority), yh[i]), n_boot),
+        "accuracy_minus_majority": _figure(g, lambda i: float((pred[i] == yh[i]).mean() - (yh[i] == majority).mean()), n_boot),
         "majority_class": majority, "error_rate": round(float(yh.mean()), 4),
         "segments": int(ho.sum()), "groups": int(len(np.unique(g))),
     }
@@ -339,10 +344,11 @@ def build(config: BuildConfig) -> dict[str, dict]:
         meta["training"] = {"data": [str(p.relative_to(data)) for p in files], "data_sha256": file_sha256(*files),
                             "split": f"groups by u = sha256('shipped:' + key) in [0, 1): u < {HELD_OUT} held out, "
                                      f"{VALIDATION:.0%} of the rest validation, the rest train",
-                            **meta["training"], "seconds": round(time.time() - t0, 1)}
+                            **meta["training"]}
+        meta["training"]["chosen"] = {k: head[k] for k in ("feature_set", "C", "balanced") if k in head}
         write_model(out / name, head, meta)
         result[name] = meta
-        print(summary_line(name, meta), flush=True)
+        print(f"{summary_line(name, meta)} | {time.time() - t0:.0f} s", flush=True)
     return result
 
 
@@ -351,11 +357,12 @@ def summary_line(name: str, meta: dict) -> str:
     fmt = lambda f: f"{f['value']:.3f} [{f['ci95'][0]:.2f}-{f['ci95'][1]:.2f}]"  # noqa: E731
     if "f1_error" in h:
         return (f"{name}: held-out F1(error) {fmt(h['f1_error'])}, accuracy {fmt(h['accuracy'])} | majority class "
-                f"F1 {fmt(h['majority_f1_error'])}, accuracy {fmt(h['majority_accuracy'])} | {h['segments']} segments, "
-                f"{h['groups']} questions | features {meta['training']['selection'] and ''}"
-                f"threshold {meta['threshold']}")
+                f"F1 {fmt(h['majority_f1_error'])}, accuracy {fmt(h['majority_accuracy'])} | difference F1 "
+                f"{fmt(h['f1_minus_majority'])}, accuracy {fmt(h['accuracy_minus_majority'])} | {h['segments']} segments, "
+                f"{h['groups']} questions | {meta['training']['chosen']}, threshold {meta['threshold']}")
     return (f"{name}: held-out pairwise accuracy {fmt(h['accuracy'])} | longer answer wins {fmt(h['longer_wins'])} | "
-            f"{h['pairs']} pairs, {h['groups']} groups")
+            f"difference {fmt(h['minus_longer_wins'])} | "
+            f"{h['pairs']} pairs, {h['groups']} groups | {meta['training']['chosen']}")
 
 
 def main() -> None:

@@ -106,9 +106,10 @@ class FineGrainedConfig:
 # ----------------------------------------------------------------------------- data
 
 
-def _examples(config: FineGrainedConfig) -> list[dict]:
+def _examples(config: FineGrainedConfig, tokenizer) -> list[dict]:
     """One dict per usable answer: its record plus the RM input ``text``, where the answer ``start``s in it,
-    and its ``segments`` (spans into the answer) with their ``labels`` (1 = a human span of the category)."""
+    and its ``segments`` (spans into the answer) with their ``labels`` (1 = a human span of the category).
+    C2 prompts longer than max_length lose the middle of their passages (``trimmed``), never the question."""
     records = load_qa_feedback_spans(config.data or None)
     records = [r for r in records if r["response"].strip()]
     if config.limit:
@@ -118,9 +119,10 @@ def _examples(config: FineGrainedConfig) -> list[dict]:
         seg_labels = segment_labels(r["response"], r["spans"], config.category)
         if not seg_labels:
             continue
-        text, start = format_pair(None, rm_prefix(r["prompt"], config.category), r["response"], "text", SEPARATOR)
+        prefix = rm_prefix(r["prompt"], config.category, tokenizer, r["response"], config.max_length)
+        text, start = format_pair(None, prefix, r["response"], "text", SEPARATOR)
         out.append({**r, "text": text, "start": start, "segments": [s for s, _ in seg_labels],
-                    "labels": [y for _, y in seg_labels]})
+                    "labels": [y for _, y in seg_labels], "trimmed": prefix != rm_prefix(r["prompt"], config.category)})
     return out
 
 
@@ -143,7 +145,8 @@ def train_finegrained_rm(config: FineGrainedConfig, on_log=None, *, run: Run | N
         log = Logger(run, on_log)
 
         # 1. data: segments and their labels from the human spans -----------------------------
-        examples = _examples(config)
+        tokenizer = load_tokenizer(config.model_name_or_path)
+        examples = _examples(config, tokenizer)
         train, held_out = split(examples, config.eval_fraction, seed=config.seed, key="question_id")
         if not train or not held_out:
             raise TrainingError(f"{len(examples)} usable answers: too few to split; raise limit")
@@ -151,7 +154,6 @@ def train_finegrained_rm(config: FineGrainedConfig, on_log=None, *, run: Run | N
         y_eval = torch.tensor([y for e in held_out for y in e["labels"]])
 
         # 2. model ---------------------------------------------------------------------------
-        tokenizer = load_tokenizer(config.model_name_or_path)
         model = load_token_classifier(config.model_name_or_path, device)
         if config.freeze_backbone:
             for p in model.parameters():
@@ -234,6 +236,7 @@ def train_finegrained_rm(config: FineGrainedConfig, on_log=None, *, run: Run | N
         p_err = eval_logits().softmax(-1)[:, 1]
         figures = classification_figures(p_err.ge(config.threshold).long(), y_eval, y_train)
         figures.update({"train_answers": len(train), "eval_answers": len(held_out), "train_segments": int(len(y_train)),
+                        "trimmed_passages": sum(e["trimmed"] for e in examples),
                         "seconds": time.time() - t_start})
         run.set_status("running", figures=figures)
 
@@ -242,7 +245,7 @@ def train_finegrained_rm(config: FineGrainedConfig, on_log=None, *, run: Run | N
             meta = {"kind": "finegrained", "category": config.category, "level": spec["level"], "name": spec["name"],
                     "input": spec["input"], "format": "text", "separator": SEPARATOR, "max_length": config.max_length,
                     "positive_reward": config.positive_reward, "negative_reward": config.negative_reward,
-                    "threshold": config.threshold, "normalisation": {"mean": 0.0, "std": 1.0},
+                    "threshold": config.threshold, "normalisation": {"mean": 0.0, "std": 1.0}, "trim_passages": True,
                     "base_model": config.model_name_or_path, "backbone_frozen": config.freeze_backbone,
                     "training": {"dataset": "qa-feedback", "run": str(run.path), **figures}}
             folder = Path(config.save_dir) if config.save_dir else reward_models_dir() / name

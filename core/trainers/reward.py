@@ -30,7 +30,9 @@ linear head on cached features (minutes on a laptop CPU) and pairs are independe
 No reward normalisation inside the loss; the mean/std are stored instead (InstructGPT
 normalises the RM so demonstrations score 0 on average; FineGrainedRLHF stores
 mean/std for the C3 model the same way). Inputs longer than max_length are truncated
-from the LEFT so the response end, where the score is read, survives.
+from the LEFT so the response end, where the score is read, survives; QA-Feedback prompts
+first lose the middle of their passages (``preference_rm.fit_passages``), so the question
+always reaches the model (counted in the figures as ``trimmed_passages``).
 
 What it leaves out: K-wise ranking batches (``core.losses.ranking_loss`` exists),
 margins from preference strength, reward-model ensembles.
@@ -134,14 +136,19 @@ def _default_name(config: RewardConfig) -> str:
     return f"holistic-{Path(config.dataset).stem if dataset not in ('hh-rlhf', 'qa-feedback') else dataset.replace('-', '_')}"
 
 
-def _texts(tokenizer, records, separator):
-    """Formatted chosen and rejected texts (preference_rm.format_pair) and the format used."""
-    from core.rewards.preference_rm import format_pair
+def _texts(tokenizer, records, separator, max_length: int | None = None):
+    """Formatted chosen and rejected texts (preference_rm.format_pair), the format used and how many prompts
+    had their QA passages cut in the middle to fit max_length (``fit_passages``: the question always stays)."""
+    from core.rewards.preference_rm import fit_passages, format_pair
 
     fmt = "chat" if records and (isinstance(records[0]["prompt"], list) or isinstance(records[0]["chosen"], list)) else "text"
-    chosen = [format_pair(tokenizer, r["prompt"], r["chosen"], fmt, separator)[0] for r in records]
-    rejected = [format_pair(tokenizer, r["prompt"], r["rejected"], fmt, separator)[0] for r in records]
-    return chosen, rejected, fmt
+    texts, trimmed = {"chosen": [], "rejected": []}, 0
+    for r in records:
+        for side in texts:
+            prompt, cut = fit_passages(tokenizer, r["prompt"], r[side], max_length, separator) if max_length else (r["prompt"], False)
+            trimmed += cut
+            texts[side].append(format_pair(tokenizer, prompt, r[side], fmt, separator)[0])
+    return texts["chosen"], texts["rejected"], fmt, trimmed
 
 
 # ----------------------------------------------------------------------------- features and scores
@@ -285,8 +292,9 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None, *, run
             for p in backbone_and_head(model)[1].parameters():
                 p.requires_grad_(True)
         trainable, total = count_parameters(model)
-        train_c, train_r, fmt = _texts(tokenizer, train, separator)
-        eval_c, eval_r, _ = _texts(tokenizer, held_out, separator)
+        qa = separator == " answer: "  # QA-Feedback prompts: cut the passages in the middle, never the question
+        train_c, train_r, fmt, trimmed = _texts(tokenizer, train, separator, config.max_length if qa else None)
+        eval_c, eval_r, _, eval_trimmed = _texts(tokenizer, held_out, separator, config.max_length if qa else None)
 
         # 3. features (frozen backbone only; cached in the run folder for resumes) ----------
         train_feats = eval_feats = None
@@ -407,11 +415,12 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None, *, run
         figures = {"train_pairs": len(train), "eval_pairs": len(held_out),
                    "eval_accuracy": final.get("eval/rm/accuracy"), "eval_margin": final.get("eval/rm/margin"),
                    "eval_loss": final.get("eval/loss"), "seconds": time.time() - t_start,
+                   "trimmed_passages": {"train": trimmed, "eval": eval_trimmed},
                    "skipped": dict(getattr(records, "skipped", {}) or {})}
         meta = {
             "kind": "preference", "category": config.category or None, "level": "sequence",
             "name": "c3_completeness" if config.category == "C3" else "holistic",
-            "format": fmt, "separator": separator, "max_length": config.max_length,
+            "format": fmt, "separator": separator, "max_length": config.max_length, "trim_passages": qa,
             "normalisation": {"mean": raw.mean().item(), "std": max(raw.std().item(), 1e-6) if raw.numel() > 1 else 1.0},
             "base_model": config.model_name_or_path, "backbone_frozen": config.freeze_backbone, "lora": bool(config.use_lora and not config.freeze_backbone),
             "training": {"dataset": config.dataset, "run": str(run.path), **figures},
