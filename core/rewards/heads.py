@@ -17,7 +17,8 @@ Features (``FEATURES``) are computed the same way at build and at scoring time:
 MiniLM embeddings of the response or segment (cut to ``MAX_TOKENS`` word pieces, counted
 as truncations), cosine similarities with the question and with earlier segments, and
 lexical grounding: which content words, numbers and capitalised names of a segment
-occur in the question, the passages or earlier segments. A QA-Feedback prompt
+occur in the question, the passages or earlier segments; for answers, optionally the
+profanity probability of alt-profanity-check (the workbench's default toxicity scorer). A QA-Feedback prompt
 (``question: Q context: wikipage: ...``) is split into question and passages in full:
 nothing of it is cut. Any other prompt is the question, with no passages.
 
@@ -246,6 +247,10 @@ def answer_features(prompts, responses, feature_set: str, cache_file=None):
             float("?" in y), float(bool(re.search(r"\b(sorry|can't|cannot|won't|not able|i don't)\b", y.lower()))),
         ])
     X = np.array(rows, dtype=np.float64).reshape(len(rows), 10)
+    if feature_set == "lexical+tox" and responses:  # P(profane) of the answer (alt-profanity-check, as the toxicity reward)
+        from profanity_check import predict_prob
+
+        X = np.hstack([X, predict_prob(list(responses))[:, None]])
     cut = 0
     if feature_set in ("lexical+emb", "emb") and responses:
         from core.rewards.embedcache import token_count
@@ -264,6 +269,11 @@ ANSWER_LEXICAL = ["log_words", "log_sentences", "passage_words_covered", "passag
 
 
 # ----------------------------------------------------------------------------- the head
+
+
+def uses_encoder(feature_set: str) -> bool:
+    """Whether a feature set reads MiniLM embeddings (then the encoder's hash must match)."""
+    return "emb" in feature_set or "cos" in feature_set
 
 
 class LinearHead:
@@ -318,7 +328,7 @@ class HeadPreferenceReward:
         return [[v] for v in self.normalise(self.score_texts(prompts, responses))]
 
     def context_cut(self, prompts, responses) -> list[bool]:
-        if self.head.feature_set == "lexical":
+        if not uses_encoder(self.head.feature_set):
             return [False] * len(responses)
         from core.rewards.embedcache import token_count
 
@@ -370,7 +380,7 @@ class HeadFineGrainedReward:
 def load_head_component(folder: str | Path, meta: dict, redistribute: bool = False, check: bool = True, **kwargs):
     """The reward component of a shipped head folder (after checking the encoder's hash when it uses one)."""
     feature_set = json.loads((Path(folder) / HEAD_FILE).read_text())["feature_set"]
-    if check and feature_set != "lexical":  # a lexical-only head reads no encoder
+    if check and uses_encoder(feature_set):  # a lexical-only head reads no encoder
         check_backbone(meta, folder)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if meta.get("kind") == "finegrained":

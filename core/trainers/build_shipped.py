@@ -206,7 +206,7 @@ def build_pairwise(name: str, data: Path, cache: Path, n_boot: int) -> tuple[dic
     part = group_split(keys)
     side = np.array([part[k] for k in keys])
     groups = np.array([hashlib.sha256(k.encode()).hexdigest()[:12] for k in keys])
-    feature_sets = ("emb", "lexical+emb", "lexical") if name == "hh-holistic" else ("lexical", "lexical+emb")
+    feature_sets = ("lexical", "lexical+tox", "lexical+emb", "emb") if name == "hh-holistic" else ("lexical", "lexical+emb")
     feats = {}
     for fs in feature_sets:
         Fc, cut_c = heads.answer_features(prompts, chosen, fs, cache)
