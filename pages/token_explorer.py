@@ -186,6 +186,10 @@ def main() -> None:
         st.markdown(charts.coloured_text_html(tokens, rows["total (weighted)"]), unsafe_allow_html=True)
     sums = {name: round(sum(v), 4) for name, v in rows.items()}
     st.caption("Sum over tokens: " + " · ".join(f"{k} = {v}" for k, v in sums.items()))
+    cut = scoring.context_cuts(prompt, response, infos)
+    if cut:
+        st.caption(f"ℹ️ {', '.join(cut)}: prompt + response are longer than the reward model reads at once, so it scores "
+                   "them in windows of its last tokens; the start of the prompt is not seen by every window.")
     if any(c.source == "redistributed" for c in infos) and any(c.source == "store" for c in infos):
         st.caption("ℹ️ " + scoring.SCALES_NOTE)
 

@@ -260,3 +260,21 @@ def test_explorer_shows_learned_and_redistributed_reward_models(tmp_path, monkey
     red, holistic = tr.components["tiny_hh_redistributed"][0], tr.components["tiny_hh"][0]
     assert (red != 0).sum() > 1  # spread over tokens, while the holistic score sits on the last token only
     assert (holistic != 0).sum() <= 1
+
+
+def test_context_cuts_names_the_components_that_cannot_read_everything(monkeypatch):
+    """The explorer names each chosen component whose context_cut says it cannot read the whole pair."""
+    from workbench import scoring
+
+    class Reads:
+        def __init__(self, limit):
+            self.limit = limit
+
+        def context_cut(self, prompts, responses):
+            return [len(p) + len(r) > self.limit for p, r in zip(prompts, responses)]
+
+    built = {"short": Reads(10), "long": Reads(10_000), "plain": object()}
+    monkeypatch.setattr(scoring, "build_component", lambda name, source, ref="": built[name])
+    infos = [scoring.ComponentInfo(name=n, source="store", ref="", label=n, level="sequence") for n in built]
+    assert scoring.context_cuts("a prompt", "a response", infos) == ["short"]
+    assert scoring.context_cuts("p", "r", infos) == []

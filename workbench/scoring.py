@@ -110,6 +110,17 @@ def build_component(name: str, source: str, ref: str = ""):
     raise ValueError(f"unknown component source {source!r}")
 
 
+def context_cuts(prompt: str, response: str, infos: list[ComponentInfo]) -> list[str]:
+    """Names of the chosen components that cannot read all of this prompt + response (their ``context_cut``)."""
+    cut = []
+    for c in infos:
+        comp = build_component(c.name, c.source, c.ref)
+        check = getattr(comp, "context_cut", None)
+        if check is not None and any(check([prompt], [response])):
+            cut.append(c.name)
+    return cut
+
+
 @st.cache_resource(show_spinner=False)
 def _profanity():
     from core.rewards.toxicity import ProfanityToxicity
