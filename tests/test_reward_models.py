@@ -250,3 +250,35 @@ def test_real_data_training_paths(shared_data, tmp_path):
     values = [s.value for s in tr.segments[0]]
     assert len(values) == 2 and set(values) <= {1.0, -1.0}
     assert tr.components["c1"].abs().sum().item() == 2.0
+
+
+@pytest.mark.parametrize("freeze_backbone, use_lora", [(True, False), (False, True), (False, False)])
+def test_finegrained_trainer_trains_fp32_weights_on_a_bf16_backbone(tmp_path, monkeypatch, freeze_backbone, use_lora):
+    """A bf16 backbone (as on CUDA): what the fine-grained trainer updates is fp32, so AdamW keeps a master copy."""
+    import torch
+
+    import core.trainers.finegrained as fg
+    from core.rewards.finegrained import load_token_classifier
+
+    recs = []
+    for i, name in enumerate(["Bob", "Ann", "Eve", "Joe", "Kim"]):
+        answer = f"{name} is here. {name} likes tea, and the sky is green."
+        recs.append({"question": f"Who is {name}?", "passages": [["T", f"{name} is here."]], "gold": "",
+                     "prediction 1": answer, "prediction 2": "x", "prediction 3": "y", "prediction 4": "z",
+                     "feedback": {"errors": [{"error type": "Irrelevant", "start": answer.index("and"), "end": len(answer)}],
+                                  "missing-info": [], "corrected-prediction": ""}, "preference": [1] * 6})
+    path = tmp_path / "feedback.json"
+    path.write_text(json.dumps(recs))
+
+    def bf16_classifier(name_or_path, device=None):
+        return load_token_classifier(name_or_path, device).to(torch.bfloat16)
+
+    trained = []
+    real_adamw = fg.adamw
+    monkeypatch.setattr(fg, "load_token_classifier", bf16_classifier)
+    monkeypatch.setattr(fg, "adamw", lambda params, **kw: trained.extend(params) or real_adamw(params, **kw))
+    run = fg.train_finegrained_rm(fg.FineGrainedConfig(
+        data=str(path), category="C1", model_name_or_path="tiny-random-llama", num_epochs=1, batch_size=8, max_length=64,
+        freeze_backbone=freeze_backbone, use_lora=use_lora, eval_fraction=0.4, save_dir=str(tmp_path / "fg"), progress=False))
+    assert run.status()["status"] == "finished"
+    assert trained and {p.dtype for p in trained} == {torch.float32}

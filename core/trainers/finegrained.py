@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from core.data import load_qa_feedback_spans, split
 from core.devices import pick_device
-from core.models import LoraSettings, apply_lora, load_tokenizer
+from core.models import LoraSettings, apply_lora, disable_dropout, fp32_trainable, load_tokenizer
 from core.rewards.finegrained import CATEGORIES, SEPARATOR, load_token_classifier, rm_prefix, segment_end_states, segment_labels
 from core.rewards.preference_rm import backbone_and_head, format_pair
 from core.rewards.store import reward_models_dir, save_reward_model
@@ -162,16 +162,21 @@ def train_finegrained_rm(config: FineGrainedConfig, on_log=None, *, run: Run | N
                 p.requires_grad_(True)
         elif config.use_lora:
             model = apply_lora(model, LoraSettings(), task_type="TOKEN_CLS")
+        disable_dropout(fp32_trainable(model))  # fp32 trained weights (AdamW needs a master copy) even on a bf16 backbone
         _, head = backbone_and_head(model)
-        head_dtype = next(head.parameters()).dtype  # cached features are fp32; the head may be bf16 on GPU
+        # the trained copy's dtype (fp32; with LoRA the head wrapper also holds the frozen original): states are cast to it
+        head_dtype = next((p for p in head.parameters() if p.requires_grad), next(head.parameters())).dtype
+        low_precision = any(p.dtype != torch.float32 for p in model.parameters() if p.is_floating_point())
+        amp = lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=low_precision)  # noqa: E731
 
         def features(exs, desc):
             feats = []
             with torch.no_grad():
                 for i in tqdm(range(0, len(exs), config.feature_batch_size), desc=desc, disable=not config.progress, leave=False):
                     b = exs[i : i + config.feature_batch_size]
-                    feats += segment_end_states(model, tokenizer, [e["text"] for e in b], [e["start"] for e in b],
-                                                [e["segments"] for e in b], config.max_length, device)
+                    with amp():
+                        feats += segment_end_states(model, tokenizer, [e["text"] for e in b], [e["start"] for e in b],
+                                                    [e["segments"] for e in b], config.max_length, device)
             return torch.cat(feats).float()  # (n_segments, H)
 
         # 3. features (frozen backbone) -------------------------------------------------------
@@ -212,9 +217,10 @@ def train_finegrained_rm(config: FineGrainedConfig, on_log=None, *, run: Run | N
                     logits, labels = head(x_train[idx].to(device, head_dtype)), y_train[idx].to(device)  # (b, 2), (b,)
                 else:
                     b = [train[j] for j in idx.tolist()]
-                    states = segment_end_states(model, tokenizer, [e["text"] for e in b], [e["start"] for e in b],
-                                                [e["segments"] for e in b], config.max_length, device)
-                    logits = head(torch.cat(states))
+                    with amp():  # fp32 adapters on a bf16 backbone: mixed precision, as accelerate's bf16 does
+                        states = segment_end_states(model, tokenizer, [e["text"] for e in b], [e["start"] for e in b],
+                                                    [e["segments"] for e in b], config.max_length, device)
+                    logits = head(torch.cat(states).to(head_dtype))
                     labels = torch.tensor([y for e in b for y in e["labels"]], device=device)
                 losses = torch.nn.functional.cross_entropy(logits.float(), labels, weight=weight, reduction="none")  # (b,)
                 loss = losses.sum() / (weight[labels].sum() if weight is not None else len(labels))  # weighted mean
