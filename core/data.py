@@ -4,8 +4,14 @@ What it is: Hugging Face ``datasets`` reads the files (JSON, JSON lines, CSV, pa
 text, optionally gzipped) or, for a user with internet, a Hub data set id; the functions
 here turn the rows into plain Python records (dicts) after checking every one. Anything
 wrong raises ``DataError`` whose message names the file, the record index (0-based) and
-what is wrong. Loaders never write anything the user sees (``datasets`` builds its
-tables in a throw-away folder, so an edited file is always read afresh).
+what is wrong: nothing else escapes a loader, whatever the file holds (docs/reliability.md
+lists the cases and the tests that keep them). Loaders never write anything the user sees
+(``datasets`` builds its tables in a throw-away folder, so an edited file is always read afresh).
+
+Limits: text files must be UTF-8 (the error names the line and byte offset of the first
+bad byte); chat messages have the roles ``system``, ``user`` and ``assistant`` only; a
+text field longer than ``MAX_TEXT_CHARS`` characters is refused (the real data sets stay
+under 5,000); a file or data set with no records is an error, never an empty training set.
 
 - ``load_rows``: any supported file or Hub id -> rows (dicts; absent fields left out).
 - ``filter_records``: keep records by named reasons, counting each reason's drops
@@ -59,6 +65,8 @@ PREFERENCE_DATASETS = ("hh-rlhf", "qa-feedback", "demo")
 SFT_DATASETS = ("qa-feedback", "hh-rlhf", "demo")
 PROMPT_DATASETS = ("davidson", "demo", "hh-rlhf")
 PTX_DATASETS = ("qa-feedback", "demo")
+MAX_TEXT_CHARS = 20_000  # longest accepted prompt / response / text field, in characters
+CHAT_ROLES = ("system", "user", "assistant")
 FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}  # suffix -> datasets builder
 
 
@@ -87,6 +95,9 @@ def _check_text(value, path, i, name, allow_empty=False):
         raise DataError(path, i, f"'{name}' must be a string, got {type(value).__name__}")
     if not allow_empty and not value.strip():
         raise DataError(path, i, f"'{name}' is empty")
+    if len(value) > MAX_TEXT_CHARS:
+        raise DataError(path, i, f"'{name}' is {len(value):,} characters, over the limit of {MAX_TEXT_CHARS:,} "
+                                 "(core.data.MAX_TEXT_CHARS): shorten or remove this record")
     return value
 
 
@@ -95,6 +106,14 @@ def _field(obj, key, path, i, check=_check_text):
     if key not in obj:
         raise DataError(path, i, f"missing '{key}'")
     return check(obj[key], path, i, key)
+
+
+def _check_list(value, path, i, name, of=None):
+    """A list (of ``of`` items when given), else DataError naming the field."""
+    if not isinstance(value, list) or (of is not None and not all(isinstance(v, of) for v in value)):
+        what = f"list of {of.__name__}" if of is not None else "list"
+        raise DataError(path, i, f"'{name}' must be a {what}, got {type(value).__name__}")
+    return value
 
 
 def _check_turns(value, path, i, name):
@@ -106,6 +125,8 @@ def _check_turns(value, path, i, name):
     for j, m in enumerate(value):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
             raise DataError(path, i, f"'{name}' message {j} must be a dict with 'role' and 'content'")
+        if m["role"] not in CHAT_ROLES:
+            raise DataError(path, i, f"'{name}' message {j} has role {m['role']!r}; use one of {', '.join(CHAT_ROLES)}")
         _check_text(m["content"], path, i, f"{name}[{j}].content")
     return value
 
@@ -181,6 +202,8 @@ def load_rows(source, hub_split: str = "train") -> Rows:
         raise DataError(path, None, f"unsupported file type: use one of {', '.join(FORMATS)} (optionally .gz)")
     if path.stat().st_size == 0:
         return Rows()
+    if fmt != "parquet":
+        _check_utf8(path)
     kwargs = {"json": {"parse_agent_traces": False}, "csv": {"na_filter": False}, "text": {}, "parquet": {}}[fmt]
     with tempfile.TemporaryDirectory(prefix="rlhf-workbench-data-") as cache, _quiet_datasets() as datasets:
         def read(file):
@@ -206,6 +229,21 @@ def load_rows(source, hub_split: str = "train") -> Rows:
                 return read(clean)
             except Exception as again:  # noqa: BLE001
                 raise DataError(path, None, f"cannot be read as a table ({again.__cause__ or again})") from None
+
+
+def _check_utf8(path: Path) -> None:
+    """DataError naming the line and byte offset of the first byte that is not UTF-8 (a gzip file: once decompressed)."""
+    try:
+        with (gzip.open if path.suffix.lower() == ".gz" else open)(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:  # a truncated or corrupt .gz
+        raise DataError(path, None, f"cannot be read ({type(exc).__name__}: {exc})") from None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(path, None, f"not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start} (line {line}); "
+                                    "save the file as UTF-8") from None
 
 
 def _raise_json_problem(path: Path, text: str, cause) -> None:
@@ -357,11 +395,20 @@ def qa_prompt(question: str, passages: list[list[str]]) -> str:
 
 def _load_qa(path):
     fb_path, sft_path = _qa_paths(path)
-    sft_text = {s.get("question"): s.get("text") for s in load_rows(sft_path)} if sft_path.is_file() else {}
+    sft_text = {s["question"]: s["text"] for s in (load_rows(sft_path) if sft_path.is_file() else [])
+                if isinstance(s.get("question"), str) and isinstance(s.get("text"), str)}
     for i, r in enumerate(load_rows(fb_path)):
-        for key in ("passages", "prediction 1", "feedback", "preference"):
+        for key in ("prediction 1", "preference"):
             _field(r, key, fb_path, i, lambda v, *_: v)
         _field(r, "question", fb_path, i)
+        for j, passage in enumerate(_field(r, "passages", fb_path, i, _check_list)):
+            if not isinstance(passage, list) or not passage or not all(isinstance(x, str) for x in passage):
+                raise DataError(fb_path, i, f"passage {j + 1} must be a non-empty list [title, sentence, ...] of strings")
+        fb = _field(r, "feedback", fb_path, i, lambda v, *_: v)
+        if not isinstance(fb, dict):
+            raise DataError(fb_path, i, f"'feedback' must be a dict with 'errors' and 'missing-info', got {type(fb).__name__}")
+        _check_list(fb.get("errors", []), fb_path, i, "feedback.errors", dict)
+        _check_list(fb.get("missing-info", []), fb_path, i, "feedback.missing-info", dict)
         prompt = sft_text.get(r["question"]) or qa_prompt(r["question"], r["passages"])
         yield fb_path, i, r, prompt
 
@@ -386,8 +433,8 @@ def load_qa_feedback_preferences(path=None) -> Records:
             win, lose = (a, b) if p == 1 else (b, a)
             out.append({
                 "prompt": prompt, "question_id": i,
-                "chosen": _check_text(r[f"prediction {win}"], fb_path, i, f"prediction {win}"),
-                "rejected": _check_text(r[f"prediction {lose}"], fb_path, i, f"prediction {lose}"),
+                "chosen": _field(r, f"prediction {win}", fb_path, i),
+                "rejected": _field(r, f"prediction {lose}", fb_path, i),
                 "chosen_index": win, "rejected_index": lose,
             })
     return Records(out, skipped)
@@ -396,7 +443,7 @@ def load_qa_feedback_preferences(path=None) -> Records:
 def check_spans(path, i, response: str, errors: list[dict]) -> list[dict]:
     """Validate ``{start, end, error type}`` dicts against ``response``; returns the span records."""
     spans = []
-    for e in errors:
+    for e in _check_list(errors, path, i, "spans", dict):
         etype = e.get("error type", e.get("error_type"))
         if etype in C1_TYPES:
             category = "C1"
@@ -431,7 +478,7 @@ def load_qa_feedback_spans(path=None) -> list[dict]:
         spans = check_spans(fb_path, i, response, fb.get("errors", []))
         missing = []
         for m in fb.get("missing-info", []):
-            pid, sids = m.get("passage_id"), m.get("sentence_id", [])
+            pid, sids = m.get("passage_id"), _check_list(m.get("sentence_id", []), fb_path, i, "sentence_id")
             if not isinstance(pid, int) or not 1 <= pid <= len(r["passages"]):
                 raise DataError(fb_path, i, f"missing-info passage_id {pid!r} is not one of the {len(r['passages'])} passages")
             passage = r["passages"][pid - 1]
@@ -441,7 +488,7 @@ def load_qa_feedback_spans(path=None) -> list[dict]:
                             "text": " ".join(passage[s] for s in sids)})
         out.append({"question_id": i, "question": r["question"], "prompt": prompt, "response": response,
                     "spans": spans, "missing_info": missing, "has_missing_info": bool(missing),
-                    "corrected": fb.get("corrected-prediction", "")})
+                    "corrected": _check_text(fb.get("corrected-prediction", ""), fb_path, i, "corrected-prediction", True)})
     return out
 
 
@@ -510,6 +557,13 @@ def _is_source(spec: str) -> bool:
     return Path(spec).expanduser().is_file() or _format(Path(spec)) is not None or _is_hub_id(spec)
 
 
+def _not_empty(records, spec, what: str):
+    """``records``, or DataError when there are none (an empty file is not an empty training set)."""
+    if not records:
+        raise DataError(spec, None, f"holds no {what}: the file is empty or has only blank lines")
+    return records
+
+
 def load_preference_records(dataset: str, limit: int | None = None) -> list[dict]:
     """{prompt, chosen, rejected} records of a named data set, a TRL-schema file or a Hub id."""
     name = dataset_name(dataset)
@@ -520,7 +574,7 @@ def load_preference_records(dataset: str, limit: int | None = None) -> list[dict
     elif name == "demo":
         records = load_demo_set().preferences
     elif _is_source(dataset):
-        records = load_preference_file(dataset)
+        records = _not_empty(load_preference_file(dataset), dataset, "preference records")
     else:
         raise _unknown(dataset, PREFERENCE_DATASETS, "preference data set")
     records = [dict(r) for r in records]
@@ -558,8 +612,8 @@ def load_sft_records(dataset: str, limit: int | None = None) -> list[dict]:
     if name == "qa-feedback":
         records = qa_feedback_sft_records()
     elif name not in PREFERENCE_DATASETS and _is_source(dataset):
-        rows = load_rows(dataset)
-        if rows and "completion" not in rows[0]:
+        rows = _not_empty(load_rows(dataset), dataset, "records")
+        if "completion" not in rows[0]:
             records = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in load_preference_file(dataset, rows)]
         else:
             for i, r in enumerate(rows):
@@ -576,10 +630,11 @@ def load_sft_records(dataset: str, limit: int | None = None) -> list[dict]:
 def _text_field(path, rows: Rows, field: str) -> list[str]:
     """One non-empty string per row: the ``field`` of each record, or each line of a .txt file."""
     if _format(Path(str(path))) == "text":
-        return [r["text"].strip() for r in rows if r.get("text", "").strip()]
+        return [_check_text(r["text"].strip(), path, i, f"line {i + 1}") for i, r in enumerate(rows) if r["text"].strip()]
     for i, r in enumerate(rows):
         if not isinstance(r.get(field), str) or not r[field].strip():
             raise DataError(path, i, f"needs a non-empty '{field}' string")
+        _check_text(r[field], path, i, field)
     return [r[field] for r in rows]
 
 
@@ -593,7 +648,7 @@ def load_prompts(spec: str, n: int, seed: int = 0) -> list[str]:
     elif name == "hh-rlhf":
         prompts = list(dict.fromkeys(r["prompt"] for r in load_hh_rlhf(limit=4 * n)))
     elif _is_source(spec):
-        prompts = _text_field(spec, load_rows(spec), "prompt")
+        prompts = _not_empty(_text_field(spec, load_rows(spec), "prompt"), spec, "prompts")
         random.Random(seed).shuffle(prompts)
     else:
         raise _unknown(spec, PROMPT_DATASETS, "prompt set")
@@ -639,7 +694,8 @@ def load_demo_set(folder=None) -> DemoSet:
         response = _field(obj, "response", path, i)
         spans.append({"question_id": i, "question": obj.get("question", obj["prompt"]), "prompt": obj["prompt"],
                       "response": response, "spans": check_spans(path, i, response, obj.get("spans", [])),
-                      "missing_info": [{"error_type": "Missing", "text": t} for t in obj.get("missing_info", [])],
+                      "missing_info": [{"error_type": "Missing", "text": t}
+                                       for t in _check_list(obj.get("missing_info", []), path, i, "missing_info", str)],
                       "has_missing_info": bool(obj.get("missing_info")), "corrected": obj.get("corrected", "")})
         if "chosen" in obj or "rejected" in obj:  # a pair needs both
             prefs.append({"prompt": obj["prompt"], "question_id": i, "chosen": _field(obj, "chosen", path, i),

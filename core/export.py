@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from core.cli import entry_point
 from core.runstore import Run
 
 EXPORT_DIR = "model"
@@ -230,6 +231,7 @@ def _load_policy_weights(model, checkpoint: Path, kind: str) -> None:
             params[k].copy_(v.to(params[k].device, params[k].dtype))
 
 
+@entry_point
 def main() -> None:
     import argparse
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.cli import entry_point
 from core.paths import cache_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -496,6 +497,7 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
+@entry_point
 def main() -> None:
     """``python -m core.models``: convert the default model once (no-op when cached) and print where it is."""
     import sys

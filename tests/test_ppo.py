@@ -197,7 +197,11 @@ def test_user_function_reward(config):
 def test_function_reward_by_module_path():
     from core.trainers.rewards_setup import RewardSetupError, build_reward_components, parse_weights
 
-    comps = build_reward_components("toxicity_sentence,operator:contains")
+    from core.trainers.rewards_setup import function_rewards
+
+    with pytest.raises(RewardSetupError, match="names Python code"):
+        build_reward_components("toxicity_sentence,operator:contains")  # nothing is imported from a config alone
+    comps = build_reward_components("toxicity_sentence,operator:contains", function_rewards("operator:contains"))
     assert set(comps) == {"toxicity_sentence", "contains"}
     assert comps["contains"].score(["a cat"], ["cat"], [[(0, 3)]]) == [[1.0]]  # "cat" in "a cat"
     assert parse_weights("contains=0.5", comps) == {"toxicity_sentence": 1.0, "contains": 0.5}

@@ -41,37 +41,34 @@ def build(kind: str, overrides: dict, base=None):
     return build_config(cls, overrides, base=base if base is not None else cls())
 
 
-def ppo_reward_specs() -> dict[str, str]:
-    """Name -> entry of PPOConfig.rewards (``core.trainers.rewards_setup`` syntax) for every usable component.
+def ppo_reward_specs() -> dict:
+    """Name -> ``RewardSpec`` (``core.trainers.rewards_setup``) for every usable component: values, never strings.
 
-    The profanity-check toxicity rewards always; each learned RM in the store as
-    ``NAME=FOLDER`` and its redistributed form as ``NAME=redistributed:FOLDER``.
+    The profanity-check toxicity rewards always; each learned RM in the store as a
+    "model" spec and its redistributed form as a "redistributed" one. Nothing the app
+    builds names Python code ("function" specs come only from the command line).
     """
+    from core.trainers.rewards_setup import RewardSpec
     from workbench.scoring import available_components
 
-    specs = {}
-    for c in available_components():
-        if c.source == "toxicity":
-            specs[c.name] = c.name
-        elif c.source == "store":
-            specs[c.name] = f"{c.name}={c.ref}"
-        elif c.source == "redistributed":
-            specs[c.name] = f"{c.name}=redistributed:{c.ref}"
-    return specs
+    kinds = {"toxicity": "toxicity", "store": "model", "redistributed": "redistributed"}
+    return {c.name: RewardSpec(kinds[c.source], c.name, "" if c.source == "toxicity" else str(c.ref))
+            for c in available_components() if c.source in kinds}
 
 
 def short_ppo(model: str, weights: dict[str, float], kl_coef: float, **extra):
     """The lab's short PPO config (``PPOConfig``) with these reward weights and β."""
     from core.trainers.ppo import short_ppo_config
+    from core.trainers.rewards_setup import format_rewards
 
     specs = ppo_reward_specs()
-    names = [n for n, w in weights.items() if w != 0.0] or list(weights)[:1]
+    names = [n for n, w in weights.items() if w != 0.0 and n in specs] or [n for n in weights if n in specs][:1]
     from core.paths import shared_data_dir
 
     overrides = {
         "model_name_or_path": model,
         **({} if shared_data_dir().is_dir() else {"prompts": "demo"}),  # Davidson openings need the real data
-        "rewards": ",".join(specs.get(n, n) for n in names),
+        "rewards": format_rewards(specs[n] for n in names),  # refuses a name or folder that would not read back
         "weights": ",".join(f"{n}={weights[n]:g}" for n in names),
         "kl_coef": float(kl_coef),
         **extra,

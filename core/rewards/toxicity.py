@@ -40,6 +40,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from core.cli import entry_point
 from core.data import load_davidson, split
 from core.paths import cache_dir
 
@@ -257,6 +258,7 @@ class SentenceToxicityReward:
         return out
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     import tyro
 

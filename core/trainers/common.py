@@ -28,6 +28,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from core.cli import entry_point
 from core.metrics import is_defined
 from core.runstore import Run, RunStoreError
 
@@ -255,6 +256,7 @@ def open_run(kind: str, config, is_main: bool, run: Run | None = None):
     return (run if is_main else None), step, folder
 
 
+@entry_point
 def cli_main(config_class, train, desc=lambda config: "train", shown=("loss",)) -> None:
     """The command line of a step-based trainer: tyro flags for ``config_class``, a tqdm bar showing the
     ``shown`` metrics, then the run folder. desc: the bar's label from the parsed config."""

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from core.cli import entry_point
 from core.data import load_qa_feedback_spans, split
 from core.devices import pick_device
 from core.models import LoraSettings, apply_lora, disable_dropout, fp32_trainable, load_tokenizer
@@ -285,6 +286,7 @@ def classification_figures(pred: torch.Tensor, labels: torch.Tensor, train_label
     }
 
 
+@entry_point
 def main() -> None:
     import tyro
 

@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from core.cli import entry_point
 from core.checkpoint import load_optimizer_tensors, load_trainable_state_dict, rng_state, set_rng_state, trainable_state_dict
 from core.data import load_prompts, load_ptx_texts
 from core.evaluation import evaluate_policy
@@ -374,11 +375,14 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
     return run
 
 
+@entry_point
 def main() -> None:
     import tyro
 
+    from core.trainers.rewards_setup import function_rewards
+
     config = tyro.cli(PPOConfig)
-    run = train_ppo(config)
+    run = train_ppo(config, extra_rewards=function_rewards(config.rewards))  # code only from what was typed here
     if run is not None:
         print(f"run folder: {run.path}")
 

@@ -51,6 +51,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.cli import entry_point
 from core.models import DEFAULT_MODEL
 from core.runstore import Run
 from core.trainers.common import (Logger, OnLog, TrainingError, adamw, available_trackers, check_finite, resumed_config, run_guard,
@@ -437,6 +438,7 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None, *, run
     return run
 
 
+@entry_point
 def main() -> None:
     import tyro
 

@@ -19,12 +19,26 @@ Each comma-separated entry of ``rewards`` is one of
   named after the function (``FunctionReward``).
 Python objects (e.g. a lambda) are passed to ``train_ppo(..., extra_rewards=...)``.
 
+The string is parsed into ``RewardSpec`` values (``parse_rewards``); a program that
+builds rewards (the app) builds ``RewardSpec`` values and writes them with
+``format_rewards``, which refuses any value that would not read back as itself, so a
+folder named ``json:dumps,x`` can never turn into another entry.
+
+No code from data: building components never imports anything. A ``module:function``
+entry is only a name; its function must come with the call, imported by
+``function_rewards`` from what the user typed on the command line or passed from
+Python (``train_ppo(config, extra_rewards=function_rewards(config.rewards))``). A
+config read back from a run folder (``--resume-from``) or written by the app therefore
+cannot make the trainer import or call anything: such an entry is refused until the
+same ``module:function`` is given again on the command line.
+
 What it leaves out: scoring itself (``core.rewards.tensor.compute_token_rewards``).
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 
 TOXICITY_BUILTINS = ("toxicity", "toxicity_sentence", "toxicity_minilm", "toxicity_sentence_minilm")
@@ -32,6 +46,94 @@ TOXICITY_BUILTINS = ("toxicity", "toxicity_sentence", "toxicity_minilm", "toxici
 
 class RewardSetupError(ValueError):
     """A reward or weight string that cannot be understood; the message says what is accepted."""
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """One entry of ``rewards`` as a value.
+
+    kind: "toxicity" (target "") | "model" (target: a store folder) | "redistributed"
+    (target: a holistic RM's folder) | "function" (target: "package.module:function").
+    name: the component's name in TokenRewards, metrics and weights.
+    """
+
+    kind: str
+    name: str
+    target: str = ""
+
+    def entry(self) -> str:
+        """The spec in the ``rewards`` string syntax."""
+        if self.kind == "toxicity":
+            return self.name
+        if self.kind == "function":
+            return self.target
+        return f"{self.name}={'redistributed:' if self.kind == 'redistributed' else ''}{self.target}"
+
+
+KINDS = ("toxicity", "model", "redistributed", "function")
+
+
+def _parse_entry(entry: str) -> RewardSpec:
+    if entry in TOXICITY_BUILTINS:
+        return RewardSpec("toxicity", entry)
+    if "=" in entry:
+        name, _, target = (s.strip() for s in entry.partition("="))
+        if not name or not target:
+            raise RewardSetupError(f"reward {entry!r} must look like NAME=FOLDER")
+        if target.startswith("redistributed:"):
+            return RewardSpec("redistributed", name, target.removeprefix("redistributed:"))
+        return RewardSpec("model", name, target)
+    if ":" in entry:
+        module_name, _, attr = entry.partition(":")
+        if not module_name or not attr:
+            raise RewardSetupError(f"reward function {entry!r} must look like 'package.module:function'")
+        return RewardSpec("function", attr, entry)
+    raise RewardSetupError(
+        f"unknown reward {entry!r}: use one of {', '.join(TOXICITY_BUILTINS)}, NAME=FOLDER, "
+        "NAME=redistributed:FOLDER or module:function")
+
+
+def parse_rewards(rewards) -> list[RewardSpec]:
+    """The comma list ``rewards`` (or already parsed specs) as ``RewardSpec`` values, in order."""
+    if not isinstance(rewards, str):
+        return [_check_spec(s) for s in rewards or ()]
+    return [_parse_entry(e) for e in (e.strip() for e in rewards.split(",")) if e]
+
+
+def _check_spec(spec) -> RewardSpec:
+    if not isinstance(spec, RewardSpec) or spec.kind not in KINDS:
+        raise RewardSetupError(f"{spec!r} is not a RewardSpec of kind {KINDS}")
+    return spec
+
+
+def format_rewards(specs) -> str:
+    """``RewardSpec`` values -> the ``rewards`` string; refuses a value that would not read back as itself."""
+    specs = [_check_spec(s) for s in specs]
+    text = ",".join(s.entry() for s in specs)
+    try:
+        again = parse_rewards(text)
+    except RewardSetupError:
+        again = None
+    if again != specs:
+        raise RewardSetupError(f"rewards {specs!r} cannot be written as a rewards string: a name or folder "
+                               "contains ',', '=' or ':' (rename the folder)")
+    return text
+
+
+def function_rewards(rewards) -> dict:
+    """Import the ``module:function`` entries of ``rewards``: entry -> ``FunctionReward``.
+
+    Call this only on what a person typed or wrote in Python (the command line does);
+    pass the result as ``extra_rewards``. Never call it on a config read from a file.
+    """
+    from core.rewards.tensor import FunctionReward
+
+    out = {}
+    for spec in parse_rewards(rewards):
+        if spec.kind == "function":
+            fn = load_function(spec.target)
+            out[spec.target] = FunctionReward(fn, name=fn.__name__)
+    return out
 
 
 def load_function(spec: str):
@@ -67,32 +169,31 @@ def _reward_model(name: str, folder: str, redistributed: bool):
     return component
 
 
-def build_reward_components(rewards: str, extra: dict | None = None) -> dict:
-    """Name -> RewardComponent for every entry of the comma list ``rewards`` plus ``extra`` (objects)."""
-    from core.rewards.tensor import FunctionReward
+def build_reward_components(rewards, extra: dict | None = None) -> dict:
+    """Name -> RewardComponent for every entry of ``rewards`` (a comma list or ``RewardSpec`` values) plus ``extra``.
 
+    extra: name -> component objects, and, for each ``module:function`` entry of
+    ``rewards``, its component under that entry (``function_rewards``): nothing is imported here.
+    """
+    extra = dict(extra or {})
     components: dict = {}
-    for entry in (e.strip() for e in (rewards or "").split(",")):
-        if not entry:
-            continue
-        if entry in TOXICITY_BUILTINS:
-            name, component = entry, _toxicity(entry)
-        elif "=" in entry:
-            name, _, target = (s.strip() for s in entry.partition("="))
-            redistributed = target.startswith("redistributed:")
-            component = _reward_model(name, target.removeprefix("redistributed:"), redistributed)
-        elif ":" in entry:
-            fn = load_function(entry)
-            name = fn.__name__
-            component = FunctionReward(fn, name=name)
+    for spec in parse_rewards(rewards):
+        if spec.kind == "toxicity":
+            name, component = spec.name, _toxicity(spec.name)
+        elif spec.kind in ("model", "redistributed"):
+            name, component = spec.name, _reward_model(spec.name, spec.target, spec.kind == "redistributed")
+        elif spec.target in extra:
+            component = extra.pop(spec.target)
+            name = getattr(component, "name", spec.name)
         else:
             raise RewardSetupError(
-                f"unknown reward {entry!r}: use one of {', '.join(TOXICITY_BUILTINS)}, NAME=FOLDER, "
-                "NAME=redistributed:FOLDER or module:function")
+                f"reward {spec.target!r} names Python code, which is imported only from the command line or from "
+                f"Python, never from a stored config or the app: give --rewards {spec.target!r} again on the command "
+                "line, or pass extra_rewards=function_rewards(config.rewards)")
         if name in components:
             raise RewardSetupError(f"reward name {name!r} appears twice")
         components[name] = component
-    for name, component in (extra or {}).items():
+    for name, component in extra.items():
         if name in components:
             raise RewardSetupError(f"reward name {name!r} appears twice")
         components[name] = component
