@@ -218,7 +218,7 @@ def build_ppo_data(model: str, quick: bool, seed: int, work: Path) -> dict:
     rm = work / "ppo-rm"
     meta = {"kind": "preference", "category": None, "level": "sequence", "name": "rm", "format": "text", "separator": "",
             "max_length": 1024, "normalisation": {"mean": 0.0, "std": 1.0}}
-    save_reward_model(load_reward_model(model), tokenizer, meta, rm)
+    save_reward_model(load_reward_model(model), tokenizer, meta, rm, overwrite=True)  # this script's own scratch folder
     spec = {**shape, "reward_model": str(rm), "min_new_tokens": shape["response_length"], "temperature": 0.7,
             "kl_coef": 0.05, "cliprange": 0.2, "cliprange_value": 0.2, "vf_coef": 0.1, "gamma": 1.0, "lam": 0.95,
             "learning_rate": 3e-6, "weight_decay": 0.01, "lr_scheduler_type": "constant"}

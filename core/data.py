@@ -408,7 +408,8 @@ def _load_qa(path):
         if not isinstance(fb, dict):
             raise DataError(fb_path, i, f"'feedback' must be a dict with 'errors' and 'missing-info', got {type(fb).__name__}")
         _check_list(fb.get("errors", []), fb_path, i, "feedback.errors", dict)
-        _check_list(fb.get("missing-info", []), fb_path, i, "feedback.missing-info", dict)
+        for m in _check_list(fb.get("missing-info", []), fb_path, i, "feedback.missing-info", dict):
+            _check_list(m.get("sentence_id", []), fb_path, i, "sentence_id")
         prompt = sft_text.get(r["question"]) or qa_prompt(r["question"], r["passages"])
         yield fb_path, i, r, prompt
 
@@ -478,7 +479,7 @@ def load_qa_feedback_spans(path=None) -> list[dict]:
         spans = check_spans(fb_path, i, response, fb.get("errors", []))
         missing = []
         for m in fb.get("missing-info", []):
-            pid, sids = m.get("passage_id"), _check_list(m.get("sentence_id", []), fb_path, i, "sentence_id")
+            pid, sids = m.get("passage_id"), m.get("sentence_id", [])
             if not isinstance(pid, int) or not 1 <= pid <= len(r["passages"]):
                 raise DataError(fb_path, i, f"missing-info passage_id {pid!r} is not one of the {len(r['passages'])} passages")
             passage = r["passages"][pid - 1]
@@ -633,7 +634,8 @@ def _text_field(path, rows: Rows, field: str) -> list[str]:
         return [_check_text(r["text"].strip(), path, i, f"line {i + 1}") for i, r in enumerate(rows) if r["text"].strip()]
     for i, r in enumerate(rows):
         if not isinstance(r.get(field), str) or not r[field].strip():
-            raise DataError(path, i, f"needs a non-empty '{field}' string")
+            found = f" (its fields: {', '.join(map(repr, r))})" if field not in r else ""
+            raise DataError(path, i, f"needs a non-empty '{field}' string{found}")
         _check_text(r[field], path, i, field)
     return [r[field] for r in rows]
 

@@ -117,6 +117,18 @@ def test_lora_training_changes_adapters_and_resumes(tmp_path):
     assert steps == list(range(1, 9))
 
 
+def test_resumed_frozen_backbone_run_logs_step_zero_once(tmp_path):
+    from core.runstore import Run
+    from core.trainers.reward import train_reward_model
+
+    cfg = tiny_config(tmp_path, num_epochs=1, save_every=2, save_model=False)
+    run = train_reward_model(cfg)
+    cfg.num_epochs, cfg.resume_from = 2, str(run.path)
+    train_reward_model(cfg)
+    steps = [r["step"] for r in Run.open(run.path).metrics()]
+    assert steps.count(0) == 1 and [s for s in steps if s > 0] == sorted(set(s for s in steps if s > 0))
+
+
 # ----------------------------------------------------------------------------- persistence
 
 
@@ -138,7 +150,7 @@ def test_interrupted_save_leaves_no_folder_and_keeps_the_old_one(tmp_path, tiny_
     save_reward_model(model, tok, meta, tmp_path / "rm")
     monkeypatch.setattr(type(tok), "save_pretrained", crash)
     with pytest.raises(OSError):
-        save_reward_model(model, tok, {**meta, "name": "other"}, tmp_path / "rm")
+        save_reward_model(model, tok, {**meta, "name": "other"}, tmp_path / "rm", overwrite=True)
     assert read_meta(tmp_path / "rm")["name"] == "holistic"  # the complete old model is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rm"]
     with pytest.raises(ValueError, match="kind"):

@@ -24,6 +24,13 @@ Writes are atomic: everything goes to a hidden temporary folder beside the targe
 which is renamed over it only once complete; on any exception the temporary folder
 is deleted and an existing model at the target is left untouched.
 
+Writes are safe: a model name is one plain folder name (letters, digits, ``_ . -``; no
+path separator, no ``..``), so it cannot leave the store; a folder that holds anything
+but a saved reward model (no ``workbench_reward.json``) is never replaced; an existing
+model is replaced only with ``overwrite=True`` (``--overwrite``); and a trainer's default
+name gets a time stamp when taken (``destination``), so retraining never replaces a model
+silently.
+
 Shipped models: the small heads in ``core/reward_heads/`` (``core.rewards.heads``; metadata
 with ``backend: "head"`` and ``shipped: true``) are listed after the user's own models, so a
 fresh install offers them with no training step; loading one checks its encoder's hash and
@@ -42,6 +49,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -59,6 +67,53 @@ LEVELS = ("sequence", "sentence", "subsentence", "token")
 
 class RewardModelError(RuntimeError):
     """A reward model folder is missing, incomplete or of an unknown kind; the message names the folder."""
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def check_name(name: str) -> str:
+    """A reward model name as one plain folder name (RewardModelError otherwise): it cannot leave the store."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise RewardModelError(f"reward model name {name!r} must be 1-100 letters, digits, '_', '.' or '-', "
+                               "start with a letter or digit, and contain no path separator or '..'")
+    return name
+
+
+def check_destination(folder: str | Path, overwrite: bool = False) -> Path:
+    """``folder`` if a model may be saved there: absent, empty, or (with overwrite) a saved reward model."""
+    folder = Path(folder)
+    if not folder.exists():
+        return folder
+    if not folder.is_dir():
+        raise RewardModelError(f"{folder} is a file, not a reward model folder; choose another --save-dir")
+    if not any(folder.iterdir()):
+        return folder
+    if not (folder / META_FILE).is_file():
+        raise RewardModelError(f"{folder} exists and is not a saved reward model (no {META_FILE}); it is never "
+                               "replaced: choose another --save-dir or --name")
+    if not overwrite:
+        raise RewardModelError(f"a reward model already exists at {folder}; pass --overwrite to replace it, "
+                               "or choose another --name")
+    return folder
+
+
+def destination(name: str, save_dir: str = "", overwrite: bool = False, default_name: bool = False) -> Path:
+    """Where a trainer saves its model, checked before training: ``save_dir``, else the store folder ``name``.
+
+    default_name: the name was not chosen by the user; if that model exists, the new one
+    gets ``name-YYYYmmdd-HHMMSS`` instead of replacing it.
+    """
+    check_name(name)
+    if save_dir:
+        return check_destination(Path(save_dir).expanduser(), overwrite)
+    folder = reward_models_dir() / name
+    if default_name and not overwrite:
+        stamped, n = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", 1
+        while folder.exists():
+            folder = reward_models_dir() / (stamped if n == 1 else f"{stamped}-{n}")
+            n += 1
+    return check_destination(folder, overwrite)
 
 
 def reward_models_dir() -> Path:
@@ -82,15 +137,16 @@ def _check_meta(meta: dict) -> dict:
     return meta
 
 
-def save_reward_model(model, tokenizer, meta: dict[str, Any], folder: str | Path) -> Path:
+def save_reward_model(model, tokenizer, meta: dict[str, Any], folder: str | Path, overwrite: bool = False) -> Path:
     """Save ``model`` (full weights, safetensors), ``tokenizer`` and ``meta`` to ``folder`` atomically.
 
     A peft (LoRA) model is merged into its base first (this modifies ``model``).
     Returns the folder. On failure nothing is left at a new folder, and an existing
-    one keeps its previous contents.
+    one keeps its previous contents. An existing saved model is replaced only with
+    overwrite; any other non-empty folder never (RewardModelError, nothing deleted).
     """
     meta = _check_meta(meta)
-    folder = Path(folder)
+    folder = check_destination(folder, overwrite)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
     old = folder.parent / f".{folder.name}.old-{os.getpid()}"

@@ -273,7 +273,12 @@ def cli_main(config_class, train, desc=lambda config: "train", shown=("loss",)) 
         bar.update(step - bar.n)
         bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if k in shown})
 
-    run = train(config, on_log=on_log)
+    try:
+        run = train(config, on_log=on_log)
+    except BaseException:
+        bar.leave = False  # the error, not a half-drawn bar, is the last line
+        bar.close()
+        raise
     bar.close()
     if run is not None:
         print(f"run folder: {run.path}")

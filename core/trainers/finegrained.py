@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -47,7 +46,7 @@ from core.devices import pick_device
 from core.models import LoraSettings, apply_lora, disable_dropout, fp32_trainable, load_tokenizer
 from core.rewards.finegrained import CATEGORIES, SEPARATOR, load_token_classifier, rm_prefix, segment_end_states, segment_labels
 from core.rewards.preference_rm import backbone_and_head, format_pair
-from core.rewards.store import reward_models_dir, save_reward_model
+from core.rewards.store import destination, save_reward_model
 from core.runstore import Run
 from core.trainers.common import Logger, TrainingError, adamw, check_finite, run_guard, seed_everything
 
@@ -97,7 +96,9 @@ class FineGrainedConfig:
     save_model: bool = True
     """save the model with core.rewards.store"""
     save_dir: str = ""
-    """where to save (default: cache_dir()/reward_models/<name>)"""
+    """where to save (default: cache_dir()/reward_models/<name>; a taken default name gets a time stamp)"""
+    overwrite: bool = False
+    """replace a saved model at the same name / save_dir (a folder that is not a saved reward model: never)"""
     cpu: bool = False
     """force CPU"""
     progress: bool = True
@@ -138,6 +139,7 @@ def train_finegrained_rm(config: FineGrainedConfig, on_log=None, *, run: Run | N
         raise TrainingError(f"category must be C1 or C2 (C3 is a preference RM: core.trainers.reward), got {config.category!r}")
     spec = CATEGORIES[config.category]
     name = config.name or {"C1": "c1-relevance", "C2": "c2-factuality"}[config.category]
+    folder = destination(name, config.save_dir, config.overwrite, default_name=not config.name) if config.save_model else None
     run = run or Run.create("finegrained_rm", config, name=name)
     with run_guard(run):
         seed_everything(config.seed)
@@ -255,8 +257,7 @@ def train_finegrained_rm(config: FineGrainedConfig, on_log=None, *, run: Run | N
                     "threshold": config.threshold, "normalisation": {"mean": 0.0, "std": 1.0}, "trim_passages": True,
                     "base_model": config.model_name_or_path, "backbone_frozen": config.freeze_backbone,
                     "training": {"dataset": "qa-feedback", "run": str(run.path), **figures}}
-            folder = Path(config.save_dir) if config.save_dir else reward_models_dir() / name
-            save_reward_model(model, tokenizer, meta, folder)
+            save_reward_model(model, tokenizer, meta, folder, overwrite=config.overwrite)
             run.set_status("running", model_path=str(folder))
     return run
 

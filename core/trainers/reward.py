@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +104,9 @@ class RewardConfig:
     save_model: bool = True
     """save the final model with core.rewards.store"""
     save_dir: str = ""
-    """where to save the model (default: cache_dir()/reward_models/<name>)"""
+    """where to save the model (default: cache_dir()/reward_models/<name>; a taken default name gets a time stamp)"""
+    overwrite: bool = False
+    """replace a saved model at the same name / save_dir (a folder that is not a saved reward model: never)"""
     resume_from: str = ""
     """path of a run folder to continue from its latest checkpoint (its saved config is used; num_epochs may change)"""
     trackers: str = ""
@@ -134,7 +137,8 @@ def _default_name(config: RewardConfig) -> str:
     from core.data import dataset_name
 
     dataset = dataset_name(config.dataset)
-    return f"holistic-{Path(config.dataset).stem if dataset not in ('hh-rlhf', 'qa-feedback') else dataset.replace('-', '_')}"
+    stem = Path(config.dataset).stem if dataset not in ("hh-rlhf", "qa-feedback") else dataset.replace("-", "_")
+    return "holistic-" + (re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip(".-") or "data")  # one plain folder name
 
 
 def _texts(tokenizer, records, separator, max_length: int | None = None):
@@ -258,6 +262,10 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None, *, run
 
     config = resumed_config(config, keep=("num_epochs", "trackers", "cpu", "progress"))
     name = _default_name(config)
+    from core.rewards.store import destination, save_reward_model
+
+    # checked before training: a bad name, a taken name or a folder that is not a reward model fails now
+    model_folder = destination(name, config.save_dir, config.overwrite, default_name=not config.name) if config.save_model else None
     accelerator = make_accelerator(cpu=config.cpu, log_with=available_trackers(config.trackers) or None)
     main = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -316,7 +324,8 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None, *, run
                 if run is not None:
                     save_file({"train_c": train_feats[0].contiguous(), "train_r": train_feats[1].contiguous(),
                                "eval_c": eval_feats[0].contiguous(), "eval_r": eval_feats[1].contiguous()}, str(cache))
-            log(0, {"time/features_s": time.time() - t0})
+            if resumed is None:  # a resumed run keeps the step-0 row it logged the first time
+                log(0, {"time/features_s": time.time() - t0})
 
         # the module that scores a batch, wrapped for DDP (whose gradient all-reduce hooks on its forward pass):
         # the score head alone on cached features, else the reward model's forward as one module
@@ -428,11 +437,8 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None, *, run
         }
         status = {"figures": figures}
         if config.save_model:
-            from core.rewards.store import reward_models_dir, save_reward_model
-
-            folder = Path(config.save_dir) if config.save_dir else reward_models_dir() / name
-            save_reward_model(model, tokenizer, meta, folder)
-            status["model_path"] = str(folder)
+            save_reward_model(model, tokenizer, meta, model_folder, overwrite=config.overwrite)
+            status["model_path"] = str(model_folder)
         run.set_status("running", **status)
         accelerator.end_training()
     return run

@@ -1,0 +1,263 @@
+"""Bad input, attacks through stored data, and unsafe store writes: each is refused with a message that says
+where and what (docs/reliability.md lists every case and the test here that keeps it)."""
+
+import gzip
+import json
+
+import pytest
+
+from core.data import (DataError, MAX_TEXT_CHARS, load_preference_file, load_preference_records, load_prompts,
+                       load_qa_feedback_preferences, load_qa_feedback_spans, load_rows, load_sft_records)
+
+
+def _jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+PAIR = {"prompt": "P", "chosen": "A", "rejected": "B"}
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+@pytest.mark.parametrize("name, data, line", [
+    ("p.jsonl", b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "caf\xe9", "chosen": "b", "rejected": "c"}\n', 2),
+    ("p.csv", b"prompt,chosen,rejected\nok,b,c\n\xff\xfe,b,c\n", 3),
+    ("p.txt", b"first\n\x80second\n", 2),
+])
+def test_non_utf8_bytes_name_the_file_line_and_offset(tmp_path, name, data, line):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(DataError) as e:
+        load_rows(path)
+    offset = data.index(next(bytes([b]) for b in data if b >= 0x80))
+    assert str(e.value) == (f"{path}: not UTF-8 text: byte 0x{data[offset]:02x} at offset {offset} (line {line}); "
+                            "save the file as UTF-8")
+
+
+def test_non_utf8_inside_gzip_and_a_truncated_gzip(tmp_path):
+    path = tmp_path / "p.jsonl.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b'{"prompt": "\xe9"}\n')
+    with pytest.raises(DataError, match=r"p.jsonl.gz: not UTF-8 text: byte 0xe9 at offset 12 \(line 1\)"):
+        load_rows(path)
+    path.write_bytes(path.read_bytes()[:12])
+    with pytest.raises(DataError, match=r"p.jsonl.gz: cannot be read"):
+        load_rows(path)
+
+
+def test_malformed_first_line_of_an_sft_file(tmp_path):
+    path = tmp_path / "sft.jsonl"
+    path.write_text('{"prompt": "a", "completion": \n{"prompt": "b", "completion": "c"}\n')
+    with pytest.raises(DataError, match=r"sft.jsonl, record 0: line 1 is not JSON"):
+        load_sft_records(str(path))
+
+
+def _qa(tmp_path, **changes):
+    record = {"question": "Q?", "passages": [["T", "S1.", "S2."]], "prediction 1": "One two.", "prediction 2": "b",
+              "prediction 3": "c", "prediction 4": "d", "preference": [1] * 6,
+              "feedback": {"errors": [], "missing-info": [], "corrected-prediction": ""}}
+    record.update(changes)
+    (tmp_path / "feedback.json").write_text(json.dumps([record]))
+    return tmp_path
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({"feedback": "looks fine"}, "'feedback' must be a dict"),
+    ({"feedback": {"errors": ["Irrelevant 0-3"], "missing-info": []}}, "'feedback.errors' must be a list of dict"),
+    ({"feedback": {"errors": [], "missing-info": [7]}}, "'feedback.missing-info' must be a list of dict"),
+    ({"feedback": {"errors": [], "missing-info": [{"passage_id": 1, "sentence_id": "1"}]}}, "'sentence_id' must be a list"),
+    ({"passages": "T. S1. S2."}, "'passages' must be a list, got str"),
+    ({"passages": ["T. S1. S2."]}, "passage 1 must be a non-empty list"),
+])
+def test_malformed_qa_feedback_names_the_record(tmp_path, changes, problem):
+    folder = _qa(tmp_path, **changes)
+    for load in (load_qa_feedback_spans, load_qa_feedback_preferences):
+        with pytest.raises(DataError) as e:
+            load(folder)
+        assert str(e.value).startswith(f"{folder / 'feedback.json'}, record 0: ") and problem in str(e.value)
+
+
+def test_missing_prediction_of_a_preference_is_a_data_error(tmp_path):
+    folder = _qa(tmp_path, **{"prediction 4": None})  # written as null: absent once read
+    with pytest.raises(DataError, match=r"record 0: missing 'prediction 4'"):
+        load_qa_feedback_preferences(folder)
+
+
+def test_chat_messages_with_unknown_roles_are_refused(tmp_path):
+    path = _jsonl(tmp_path / "chat.jsonl", [{"prompt": [{"role": "wizard", "content": "hi"}], "chosen": "a", "rejected": "b"}])
+    with pytest.raises(DataError, match=r"chat.jsonl, record 0: 'prompt' message 0 has role 'wizard'; "
+                                        r"use one of system, user, assistant"):
+        load_preference_file(path)
+
+
+def test_an_empty_file_is_not_blamed_on_max_length(tmp_path):
+    for name in ("empty.jsonl", "blank.txt"):
+        (tmp_path / name).write_text("\n\n")
+    with pytest.raises(DataError, match=r"empty.jsonl: holds no preference records: the file is empty"):
+        load_preference_records(str(tmp_path / "empty.jsonl"))
+    with pytest.raises(DataError, match=r"empty.jsonl: holds no records"):
+        load_sft_records(str(tmp_path / "empty.jsonl"))
+    with pytest.raises(DataError, match=r"blank.txt: holds no prompts"):
+        load_prompts(str(tmp_path / "blank.txt"), 4)
+
+
+def test_a_one_megabyte_prompt_is_refused(tmp_path):
+    huge = "x" * 1_000_000
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": "ok"}, {"prompt": huge}])
+    with pytest.raises(DataError, match=rf"p.jsonl, record 1: 'prompt' is 1,000,000 characters, over the limit of "
+                                        rf"{MAX_TEXT_CHARS:,}"):
+        load_prompts(str(path), 4)
+    (tmp_path / "p.txt").write_text("fine\n" + huge + "\n")
+    with pytest.raises(DataError, match=r"p.txt, record 1: 'line 2' is 1,000,000 characters"):
+        load_prompts(str(tmp_path / "p.txt"), 4)
+    pairs = _jsonl(tmp_path / "pairs.jsonl", [{**PAIR, "chosen": huge}])
+    with pytest.raises(DataError, match=r"pairs.jsonl, record 0: 'chosen' is 1,000,000 characters"):
+        load_preference_records(str(pairs))
+
+
+def test_a_prompts_json_file_is_read_as_records_never_as_one_prompt(tmp_path):
+    (tmp_path / "p.json").write_text(json.dumps([{"prompt": "first"}, {"prompt": "second"}]))
+    assert sorted(load_prompts(str(tmp_path / "p.json"), 5)) == ["first", "second"]
+    (tmp_path / "s.json").write_text(json.dumps(["first", "second"]))
+    with pytest.raises(DataError, match=r"s.json, record 0: needs a non-empty 'prompt' string \(its fields: 'text'\)"):
+        load_prompts(str(tmp_path / "s.json"), 5)
+
+
+# ----------------------------------------------------------------------------- command lines
+
+
+def test_command_line_prints_one_line_for_a_data_error(tmp_path, monkeypatch, capsys):
+    from core.trainers import dpo
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "chosen": "a"}\n')
+    monkeypatch.setattr("sys.argv", ["dpo", "--dataset", str(bad), "--model-name-or-path", "tiny-random-llama"])
+    monkeypatch.delenv("RLHF_WORKBENCH_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as e:
+        dpo.main()
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"[rlhf-workbench] error: {bad}, record 0: missing 'rejected'"  # after the cleared bar
+    assert not any("Traceback" in line for line in err)
+    monkeypatch.setattr("sys.argv", ["dpo", "--dataset", str(bad), "--model-name-or-path", "tiny-random-llama", "--debug"])
+    with pytest.raises(DataError):  # --debug: the exception itself, with its traceback
+        dpo.main()
+
+
+def test_entry_point_keeps_tracebacks_of_bugs(monkeypatch):
+    from core.cli import entry_point
+
+    monkeypatch.setattr("sys.argv", ["x"])
+
+    @entry_point
+    def main():
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        main()
+
+
+# ----------------------------------------------------------------------------- no code from data
+
+
+def test_reward_specs_are_values_that_read_back_as_themselves():
+    from core.trainers.rewards_setup import RewardSetupError, RewardSpec, format_rewards, parse_rewards
+
+    specs = [RewardSpec("toxicity", "toxicity_sentence"), RewardSpec("model", "hh", "/rms/hh"),
+             RewardSpec("redistributed", "hh_red", "/rms/hh"), RewardSpec("function", "polite", "my_pkg.rewards:polite")]
+    text = format_rewards(specs)
+    assert text == "toxicity_sentence,hh=/rms/hh,hh_red=redistributed:/rms/hh,my_pkg.rewards:polite"
+    assert parse_rewards(text) == specs
+    for evil in (RewardSpec("model", "x", "/rms/json:dumps,x"), RewardSpec("model", "a,json:dumps", "/rms/a"),
+                 RewardSpec("model", "a=b", "/rms/a")):
+        with pytest.raises(RewardSetupError, match="cannot be written as a rewards string"):
+            format_rewards([evil])
+
+
+def test_a_config_alone_never_imports_code(tmp_path, monkeypatch):
+    import importlib
+
+    from core.trainers.rewards_setup import RewardSetupError, build_reward_components
+
+    imported = []
+    real = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a: imported.append(name) or real(name, *a))
+    with pytest.raises(RewardSetupError, match="'shutil:rmtree' names Python code"):
+        build_reward_components("shutil:rmtree")
+    assert imported == []
+
+
+def test_resume_refuses_a_stored_function_reward(tmp_path):
+    """The attack: a run folder whose config.json names shutil:rmtree as a reward and prompts naming a folder."""
+    import torch
+
+    from core.runstore import Run
+    from core.trainers.ppo import PPOConfig, train_ppo
+    from core.trainers.rewards_setup import RewardSetupError
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    (tmp_path / "prompts.txt").write_text(f"{victim}\n")
+    run = Run.create("ppo", PPOConfig(model_name_or_path="tiny-random-llama", prompts=str(tmp_path / "prompts.txt"),
+                                      rewards="shutil:rmtree", cpu=True))
+    run.save_checkpoint(1, {"w": torch.zeros(1)})
+    with pytest.raises(RewardSetupError, match="give --rewards 'shutil:rmtree' again on the command line"):
+        train_ppo(PPOConfig(resume_from=str(run.path), cpu=True))
+    assert (victim / "keep.txt").read_text() == "precious"
+    assert Run.open(run.path).status()["status"] == "failed"
+
+
+# ----------------------------------------------------------------------------- reward-model store
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "a\\b", "..", ".hidden", "", "x" * 101, "two words"])
+def test_reward_model_names_cannot_leave_the_store(name):
+    from core.rewards.store import RewardModelError, check_name
+
+    with pytest.raises(RewardModelError, match="no path separator or '..'"):
+        check_name(name)
+
+
+def test_reward_trainer_refuses_an_escaping_name_before_writing_anything(tmp_path, monkeypatch):
+    from core.rewards.store import RewardModelError
+    from core.runstore import list_runs
+    from core.trainers.reward import RewardConfig, train_reward_model
+
+    monkeypatch.setenv("RLHF_WORKBENCH_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(RewardModelError, match="'../../escaped'"):
+        train_reward_model(RewardConfig(model_name_or_path="tiny-random-llama", dataset="demo", name="../../escaped"))
+    assert list_runs() == [] and not (tmp_path / "escaped").exists()
+
+
+def test_a_folder_that_is_not_a_reward_model_is_never_replaced(tmp_path):
+    from core.rewards.store import RewardModelError, check_destination, destination
+
+    notes = tmp_path / "mine" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("my notes")
+    for overwrite in (False, True):
+        with pytest.raises(RewardModelError, match="is not a saved reward model .* it is never replaced"):
+            destination("rm", save_dir=str(notes.parent), overwrite=overwrite)
+    assert notes.read_text() == "my notes"
+    with pytest.raises(RewardModelError, match="is a file"):
+        check_destination(notes)
+    assert check_destination(tmp_path / "new") == tmp_path / "new"
+
+
+def test_existing_models_are_replaced_only_with_overwrite_and_default_names_are_unique(tmp_path, monkeypatch):
+    from core.rewards import store
+
+    monkeypatch.setattr(store, "reward_models_dir", lambda: tmp_path)
+    (tmp_path / "hh").mkdir()
+    (tmp_path / "hh" / store.META_FILE).write_text("{}")
+    with pytest.raises(store.RewardModelError, match="already exists at .*hh; pass --overwrite"):
+        store.destination("hh")
+    assert store.destination("hh", overwrite=True) == tmp_path / "hh"
+    stamped = store.destination("hh", default_name=True)
+    assert stamped.parent == tmp_path and stamped.name.startswith("hh-") and not stamped.exists()
+    stamped.mkdir()
+    again = store.destination("hh", default_name=True)
+    assert again not in (stamped, tmp_path / "hh") and again.name.startswith(stamped.name)
