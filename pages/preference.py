@@ -17,7 +17,7 @@ import hashlib
 
 import streamlit as st
 
-from workbench import charts, components, limits, scoring, state, training
+from workbench import charts, components, limits, scoring, state, training, uploads
 from workbench.jobs import registry
 
 PAGE = "pref"
@@ -43,27 +43,17 @@ def dataset_choice():
         return "hh-rlhf", data.load_hh_rlhf(limit=200)
     upload = st.file_uploader("Preference data: JSON lines with prompt, chosen, rejected (text or chat messages)", type=["jsonl", "json", "txt"], key=K("upload"))
     if upload is None:
+        uploads.forget(st.session_state, K("upload_file"))
         st.caption('One JSON object per line: {"prompt": "...", "chosen": "...", "rejected": "..."}')
         return None, None
-    import tempfile
-    from pathlib import Path
-
-    raw = upload.getvalue()
-    folder = Path(tempfile.gettempdir()) / "rlhf-workbench-uploads"  # the training process reads it later
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{hashlib.sha256(raw).hexdigest()[:16]}.jsonl"
-    path.write_bytes(raw)
-    try:
-        records = data.load_preference_file(path)
-    except (data.DataError, UnicodeDecodeError) as exc:
-        st.error(f"'{upload.name}' is not usable preference data: {exc}. Fix the file (one JSON object per line with "
-                 "prompt, chosen and rejected) and upload it again.")
+    # written and checked once per file, in this session's private folder; a training gets its own copy (run_panel)
+    kept = uploads.keep(st.session_state, K("upload_file"), upload, data.load_preference_records)
+    if kept.error is not None:
+        st.error(f"'{upload.name}' is not usable preference data: {kept.error}. Fix the file (one JSON object per line "
+                 "with prompt, chosen and rejected) and upload it again.")
         return None, None
-    if not records:
-        st.error(f"'{upload.name}' holds no records.")
-        return None, None
-    st.success(f"'{upload.name}': {len(records)} pairs.")
-    return str(path), records
+    st.success(f"'{upload.name}': {len(kept.value)} pairs.")
+    return str(kept.path), kept.value
 
 
 def held_out_choice(dataset, records) -> int:
@@ -97,6 +87,9 @@ def run_panel(model: str, dataset, records) -> None:
         st.warning(problem)
     busy = registry().running()
     if st.button(f"Run short {algorithm}", key=K("start"), type="primary", disabled=busy is not None or dataset is None or bool(problem)):
+        kept = st.session_state.get(K("upload_file"))
+        if kept is not None and dataset == str(kept.path):  # the run reads its data for its whole life, resumes included
+            dataset = str(uploads.training_copy(kept))
         config = training.preference(algorithm, model, dataset, beta, smoothing, gamma_ratio, int(steps),
                                      eval_size=eval_size, cpu=state.current_device() == "cpu")
         components.start_job(lambda: registry().start(algorithm.lower(), config, f"{algorithm} β={beta:g}"), K("jobs"))

@@ -261,3 +261,60 @@ def test_existing_models_are_replaced_only_with_overwrite_and_default_names_are_
     stamped.mkdir()
     again = store.destination("hh", default_name=True)
     assert again not in (stamped, tmp_path / "hh") and again.name.startswith(stamped.name)
+
+
+# ----------------------------------------------------------------------------- server and uploads
+
+
+def test_committed_server_config_is_local_and_bounded():
+    import tomllib
+    from pathlib import Path
+
+    config = tomllib.loads((Path(__file__).resolve().parents[1] / ".streamlit" / "config.toml").read_text())
+    server = config["server"]
+    assert server["address"] == "127.0.0.1" and server["enableXsrfProtection"] is True and server["headless"] is True
+    assert 1 <= server["maxUploadSize"] <= 50 and config["browser"]["gatherUsageStats"] is False
+
+
+class FakeUpload:
+    def __init__(self, name, raw, file_id):
+        self.name, self.raw, self.file_id, self.size, self.reads = name, raw, file_id, len(raw), 0
+
+    def getvalue(self):
+        self.reads += 1
+        return self.raw
+
+
+def test_uploads_are_written_and_checked_once_privately_and_removed_when_replaced(tmp_path):
+    import hashlib
+    import os
+    import stat
+
+    from workbench import uploads
+
+    state, checks = {}, []
+
+    def validate(path):
+        checks.append(path)
+        return load_preference_records(str(path))
+
+    first = FakeUpload("../../etc/evil.jsonl", (json.dumps(PAIR) + "\n").encode(), "id-1")
+    kept = uploads.keep(state, "k", first, validate)
+    assert kept.value == [PAIR] and kept.error is None and kept.sha256 == hashlib.sha256(first.raw).hexdigest()
+    folder = kept.path.parent
+    assert folder.name.startswith("rlhf-workbench-upload-") and "evil" not in kept.path.name
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700 and stat.S_IMODE(os.stat(kept.path).st_mode) == 0o600
+    for _ in range(3):  # reruns: no re-read, no re-hash, no re-validation
+        assert uploads.keep(state, "k", first, validate) is kept
+    assert first.reads == 1 and len(checks) == 1
+    second = FakeUpload("bad.jsonl", b"\xff\xfe not utf-8\n", "id-2")
+    again = uploads.keep(state, "k", second, validate)
+    assert not kept.path.exists() and again.path.parent == folder  # the replaced file is gone
+    assert isinstance(again.error, DataError) and "not UTF-8" in str(again.error)
+    for_training = uploads.training_copy(kept if kept.path.exists() else again, root=tmp_path / "runs")
+    assert for_training == tmp_path / "runs" / ".uploads" / f"{again.sha256}.jsonl" and for_training.read_bytes() == second.raw
+    assert uploads.training_copy(again, root=tmp_path / "runs") == for_training  # once per content
+    uploads.forget(state, "k")
+    assert list(folder.iterdir()) == [] and for_training.is_file()  # the run's copy outlives the session's
+    uploads._remove_folders()
+    assert not folder.exists()
