@@ -202,8 +202,12 @@ def load_rows(source, hub_split: str = "train") -> Rows:
         raise DataError(path, None, f"unsupported file type: use one of {', '.join(FORMATS)} (optionally .gz)")
     if path.stat().st_size == 0:
         return Rows()
-    if fmt != "parquet":
-        _check_utf8(path)
+    text = _read_utf8(path) if fmt != "parquet" else None
+    if fmt == "json":
+        if not text.strip():
+            return Rows()
+        if not _check_json_records(path, text):  # before `datasets`: its reader crashes the process on a lone `null` line
+            return Rows()
     kwargs = {"json": {"parse_agent_traces": False}, "csv": {"na_filter": False}, "text": {}, "parquet": {}}[fmt]
     with tempfile.TemporaryDirectory(prefix="rlhf-workbench-data-") as cache, _quiet_datasets() as datasets:
         def read(file):
@@ -217,10 +221,6 @@ def load_rows(source, hub_split: str = "train") -> Rows:
             cause = exc.__cause__ or exc
             if fmt != "json":
                 raise DataError(path, None, f"cannot be read as {fmt.upper()} ({type(cause).__name__}: {cause})") from None
-            with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
-                text = f.read()
-            if not text.strip():
-                return Rows()
             _raise_json_problem(path, text, cause)
             # every line is a JSON object: `datasets` trips over blank lines between rows of mixed types
             clean = Path(cache) / path.name.removesuffix(".gz")
@@ -231,19 +231,53 @@ def load_rows(source, hub_split: str = "train") -> Rows:
                 raise DataError(path, None, f"cannot be read as a table ({again.__cause__ or again})") from None
 
 
-def _check_utf8(path: Path) -> None:
-    """DataError naming the line and byte offset of the first byte that is not UTF-8 (a gzip file: once decompressed)."""
+def _read_utf8(path: Path) -> str:
+    """The file's text; DataError naming the line and byte offset of the first byte that is not UTF-8 (gzip: once decompressed)."""
     try:
         with (gzip.open if path.suffix.lower() == ".gz" else open)(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as exc:  # a truncated or corrupt .gz
         raise DataError(path, None, f"cannot be read ({type(exc).__name__}: {exc})") from None
     try:
-        data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise DataError(path, None, f"not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start} (line {line}); "
                                     "save the file as UTF-8") from None
+
+
+def _json_kind(obj) -> str:
+    return "null" if obj is None else type(obj).__name__
+
+
+def _check_json_records(path: Path, text: str) -> bool:
+    """DataError unless ``text`` is a JSON list of objects or JSON lines of objects (naming the first record that is not).
+
+    Returns False for an empty JSON list (no records)."""
+    document = None
+    if ".jsonl" not in [s.lower() for s in path.suffixes]:
+        try:
+            document = json.loads(text)
+        except ValueError:
+            document = None  # not one document: JSON lines, checked below
+        else:
+            if not isinstance(document, (list, dict)):
+                raise DataError(path, None, f"expected a JSON list of records, got a JSON {_json_kind(document)}")
+            for i, obj in enumerate(document if isinstance(document, list) else []):
+                if not isinstance(obj, dict):
+                    raise DataError(path, i, f"is a JSON {_json_kind(obj)}, not an object")
+            return document != []
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    for i, (lineno, line) in enumerate(lines):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            if i == 0 and ".jsonl" not in [s.lower() for s in path.suffixes]:
+                return True  # neither one document nor JSON lines: _raise_json_problem says why
+            raise DataError(path, i, f"line {lineno} is not JSON (the file must be JSON lines)") from None
+        if not isinstance(obj, dict):
+            raise DataError(path, i, f"line {lineno} is a JSON {_json_kind(obj)}, not an object")
+    return True
 
 
 def _raise_json_problem(path: Path, text: str, cause) -> None:

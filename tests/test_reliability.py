@@ -36,6 +36,18 @@ def test_non_utf8_bytes_name_the_file_line_and_offset(tmp_path, name, data, line
                             "save the file as UTF-8")
 
 
+@pytest.mark.parametrize("name, text, problem", [
+    ("n.jsonl", "null\n", "n.jsonl, record 0: line 1 is a JSON null, not an object"),  # crashed pyarrow's reader
+    ("n.json", "null", "n.json: expected a JSON list of records, got a JSON null"),
+    ("l.json", '[{"prompt": "a"}, null]', "l.json, record 1: is a JSON null, not an object"),
+])
+def test_json_that_is_not_records_never_reaches_the_table_reader(tmp_path, name, text, problem):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DataError) as e:
+        load_rows(tmp_path / name)
+    assert str(e.value) == f"{tmp_path}/{problem}"
+
+
 def test_non_utf8_inside_gzip_and_a_truncated_gzip(tmp_path):
     path = tmp_path / "p.jsonl.gz"
     with gzip.open(path, "wb") as f:
@@ -121,7 +133,7 @@ def test_a_prompts_json_file_is_read_as_records_never_as_one_prompt(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps([{"prompt": "first"}, {"prompt": "second"}]))
     assert sorted(load_prompts(str(tmp_path / "p.json"), 5)) == ["first", "second"]
     (tmp_path / "s.json").write_text(json.dumps(["first", "second"]))
-    with pytest.raises(DataError, match=r"s.json, record 0: needs a non-empty 'prompt' string \(its fields: 'text'\)"):
+    with pytest.raises(DataError, match=r"s.json, record 0: is a JSON str, not an object"):
         load_prompts(str(tmp_path / "s.json"), 5)
 
 
