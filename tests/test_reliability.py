@@ -330,3 +330,24 @@ def test_uploads_are_written_and_checked_once_privately_and_removed_when_replace
     assert list(folder.iterdir()) == [] and for_training.is_file()  # the run's copy outlives the session's
     uploads._remove_folders()
     assert not folder.exists()
+
+
+# ----------------------------------------------------------------------------- what already held, kept
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/etc/passwd", "..", "a/../../b", "~root", "x\x00y"])
+def test_run_names_never_leave_the_run_store(tmp_path, name):
+    from core.runstore import Run
+
+    run = Run.create("dpo", {"lr": 1.0}, name=name, root=tmp_path)
+    assert run.path.parent == tmp_path and "/" not in run.path.name and run.path.name not in (".", "..")
+
+
+def test_response_text_and_span_labels_are_escaped_in_html():
+    from workbench.charts import coloured_text_html
+    from workbench.components import highlighted
+
+    evil = '<script>alert(1)</script>" onmouseover="x'
+    page = highlighted(evil, [{"start": 0, "end": 8, "label": "<img src=x onerror=y>", "title": '"><b>'}])
+    assert "<script>" not in page and "<img" not in page and '"><b>' not in page and "&lt;script&gt;" in page
+    assert "<script>" not in coloured_text_html([evil, "<b>"], [1.0, -1.0])
