@@ -214,10 +214,10 @@ def test_function_reward_by_module_path():
 def test_empty_prompt_set_fails_clearly(config, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
+    from core.data import DataError
     from core.runstore import list_runs
-    from core.trainers.common import TrainingError
 
-    with pytest.raises(TrainingError, match="empty"):
+    with pytest.raises(DataError, match="empty.txt: holds no prompts: the file is empty"):
         train_ppo(PPOConfig(**{**config.__dict__, "prompts": str(empty)}))
     (run,) = list_runs()
     status = run.status()

@@ -323,7 +323,7 @@ def test_uploads_are_written_and_checked_once_privately_and_removed_when_replace
     again = uploads.keep(state, "k", second, validate)
     assert not kept.path.exists() and again.path.parent == folder  # the replaced file is gone
     assert isinstance(again.error, DataError) and "not UTF-8" in str(again.error)
-    for_training = uploads.training_copy(kept if kept.path.exists() else again, root=tmp_path / "runs")
+    for_training = uploads.training_copy(again, root=tmp_path / "runs")
     assert for_training == tmp_path / "runs" / ".uploads" / f"{again.sha256}.jsonl" and for_training.read_bytes() == second.raw
     assert uploads.training_copy(again, root=tmp_path / "runs") == for_training  # once per content
     uploads.forget(state, "k")
