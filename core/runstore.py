@@ -12,11 +12,25 @@ Layout of ``runs/<run_id>/``::
         trainer_state.json      step, RNG states, anything the trainer needs to continue
 
 Every write is either an append of whole lines (flushed and fsynced) or a write
-to a temporary file renamed over the old one, so a crash never leaves a
-half-written status or checkpoint. ``resume`` truncates metrics and samples
-after the checkpoint's step so that a resumed run continues the same history.
+to a temporary file renamed over the old one (the files and the folder fsynced),
+so a crash never leaves a half-written status or checkpoint. ``resume`` truncates
+metrics and samples after the checkpoint's step so that a resumed run continues the
+same history.
 
-What it leaves out: concurrent writers to one run (one trainer owns a run).
+One writer per run: a trainer takes ``acquire_writer()``, an OS lock (``fcntl.flock``
+on ``RUN/.writer.lock``) held until it ends or its process dies; a second trainer on
+the same run (two ``--resume-from``, or a resume while the original still runs) is
+refused with the owner's pid. The kernel frees the lock of a dead process, so a stale
+lock is simply taken over. A run left "running" by a process that died is reported as
+"interrupted" by ``effective_status()`` (never "running"), with its last step, so it can
+be resumed. Taking the lock also deletes the temporary files and ``.step-N.tmp-PID``
+folders that a killed write left behind.
+
+Checkpoints are checked before use: ``checkpoints()`` lists only intact ones (their
+JSON parses; every safetensors file has a valid header and all its bytes), so resuming
+falls back to the newest intact checkpoint, and ``broken_checkpoints()`` names the others.
+
+What it leaves out: locking on network file systems without ``flock`` support.
 """
 
 from __future__ import annotations
@@ -33,10 +47,21 @@ from typing import Any, Iterable
 from core.paths import runs_dir
 
 STATUSES = ("running", "finished", "stopped", "failed")  # stopped: on request, at a checkpoint (resumable)
+LOCK_NAME = ".writer.lock"
+_HELD: dict[Path, int] = {}  # run folder -> fd of the writer lock this process holds
 
 
 class RunStoreError(RuntimeError):
     """A run folder is missing or malformed; the message names the folder."""
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder: so that a rename in it is on disk)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -46,6 +71,59 @@ def _atomic_write_text(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_safetensors(path: Path) -> str | None:
+    """None if ``path`` is a complete safetensors file (valid header, every tensor's bytes present), else the problem."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n <= 0 or 8 + n > size:
+                return f"{path.name}: truncated header ({size} bytes)"
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return f"{path.name}: unreadable header ({exc})"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict) and "data_offsets" in t]
+    if size < 8 + n + max(ends, default=0):
+        return f"{path.name}: truncated ({size} of {8 + n + max(ends, default=0)} bytes)"
+    return None
+
+
+def check_checkpoint(folder: Path) -> str | None:
+    """None if the checkpoint folder is intact, else what is wrong with it (checked before anything is truncated)."""
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text())
+    except FileNotFoundError:
+        return "trainer_state.json is missing"
+    except (OSError, ValueError) as exc:
+        return f"trainer_state.json unreadable ({exc})"
+    if not isinstance(state, dict):
+        return "trainer_state.json is not a JSON object"
+    problem = check_safetensors(folder / "model.safetensors")
+    if problem is None and (folder / "optimizer.json").exists():
+        try:
+            json.loads((folder / "optimizer.json").read_text())
+        except (OSError, ValueError) as exc:
+            return f"optimizer.json unreadable ({exc})"
+        problem = check_safetensors(folder / "optimizer.safetensors")
+    return problem
 
 
 def _jsonable(obj: Any) -> Any:
@@ -151,6 +229,76 @@ class Run:
         except ValueError:
             return {"status": "failed", "error": "status.json unreadable"}
 
+    # ---------------------------------------------------------------- one writer
+    def acquire_writer(self) -> None:
+        """Take the run's writer lock for this process (kept until ``release_writer`` or the process ends).
+
+        RunStoreError naming the owner's pid when another process holds it. Also removes
+        the temporary files and folders a killed write left behind (no one else writes now).
+        """
+        import fcntl
+
+        key = self.path.resolve()
+        if key in _HELD:
+            return
+        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunStoreError(f"{self.path} is being written by another process (pid {owner}): stop it first "
+                                "(or wait for it to end); one run has one writer") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[key] = fd
+        self._remove_stale_temporaries()
+
+    def release_writer(self) -> None:
+        """Give the writer lock back (the process ending does the same)."""
+        fd = _HELD.pop(self.path.resolve(), None)
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def writer_alive(self) -> bool:
+        """Whether some process holds the writer lock now (this one included)."""
+        import fcntl
+
+        if self.path.resolve() in _HELD:
+            return True
+        try:
+            fd = os.open(self.path / LOCK_NAME, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also drops the shared lock if we got it
+        return False
+
+    def effective_status(self) -> dict:
+        """``status()``, with "interrupted" for a "running" run whose writer is gone (its process died).
+
+        A run that a trainer took (the lock file exists) is interrupted when no process holds
+        the lock; one that no trainer took yet, when the process that wrote its status is gone.
+        """
+        st = self.status()
+        if st.get("status") != "running" or self.writer_alive():
+            return st
+        taken = (self.path / LOCK_NAME).exists()
+        if taken or not _pid_alive(st.get("pid")):
+            latest = self.latest_checkpoint()
+            return {**st, "status": "interrupted", "resumable_from": latest[0] if latest else None,
+                    "error": st.get("error") or "the process writing this run ended without finishing it; "
+                                                "resume it from its last checkpoint"}
+        return st
+
+    def _remove_stale_temporaries(self) -> None:
+        for p in list(self.path.glob(".*.tmp-*")) + list((self.path / "checkpoints").glob(".step-*.tmp-*")):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
     # ---------------------------------------------------------------- metrics and samples
     def _append(self, name: str, rows: Iterable[dict]) -> None:
         with open(self.path / name, "a") as f:
@@ -179,16 +327,19 @@ class Run:
             _atomic_write_text(self.path / name, "".join(json.dumps(r) + "\n" for r in rows))
 
     # ---------------------------------------------------------------- checkpoints
-    def checkpoints(self) -> list[tuple[int, Path]]:
+    def _checkpoint_folders(self) -> list[tuple[int, Path]]:
         d = self.path / "checkpoints"
         if not d.is_dir():
             return []
-        out = []
-        for p in d.iterdir():
-            m = re.fullmatch(r"step-(\d+)", p.name)
-            if m and (p / "trainer_state.json").is_file():
-                out.append((int(m.group(1)), p))
-        return sorted(out)
+        return sorted((int(m.group(1)), p) for p in d.iterdir() if (m := re.fullmatch(r"step-(\d+)", p.name)))
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """The intact checkpoints (``check_checkpoint``), oldest first."""
+        return [(step, p) for step, p in self._checkpoint_folders() if check_checkpoint(p) is None]
+
+    def broken_checkpoints(self) -> list[tuple[int, Path, str]]:
+        """(step, folder, problem) of every checkpoint folder that is not intact."""
+        return [(step, p, problem) for step, p in self._checkpoint_folders() if (problem := check_checkpoint(p)) is not None]
 
     def latest_checkpoint(self) -> tuple[int, Path] | None:
         cps = self.checkpoints()
@@ -211,11 +362,17 @@ class Run:
             save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
             (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
         (tmp / "trainer_state.json").write_text(json.dumps(_jsonable({"step": step, **(state or {})})))
+        for f in tmp.iterdir():
+            _fsync_path(f)
+        _fsync_path(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        _fsync_path(final.parent)
         for _, old in self.checkpoints()[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
+        for _, broken, _ in self.broken_checkpoints():  # a newer intact checkpoint now exists
+            shutil.rmtree(broken, ignore_errors=True)
         return final
 
 

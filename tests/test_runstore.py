@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,3 +132,105 @@ def test_resumed_config_keeps_saved_settings_unless_changed(tmp_path, monkeypatc
     assert (same.lr, same.num_steps) == (5e-4, 6)
     longer = resumed_config(TrainCfg(lr=9.0, num_steps=12, resume_from=str(run.path)))
     assert (longer.lr, longer.num_steps) == (5e-4, 12)  # lr is not in `keep`: the saved one stays
+
+
+# ----------------------------------------------------------------------------- one writer, intact checkpoints
+
+
+def _hold_writer_lock(run_path):
+    """A separate process that takes the run's writer lock and keeps it until killed."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from core.runstore import Run; Run.open(sys.argv[1]).acquire_writer(); "
+            "print('locked', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_path)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_one_writer_per_run_and_a_dead_writer_is_interrupted(tmp_path):
+    import signal
+    from types import SimpleNamespace
+
+    import torch
+
+    from core.trainers.common import TrainingError, open_run
+
+    run = Run.create("dpo", {"lr": 1.0}, root=tmp_path)
+    run.save_checkpoint(2, {"w": torch.zeros(2)})
+    run.set_status("running", step=2)
+    owner = _hold_writer_lock(run.path)
+    try:
+        with pytest.raises(RunStoreError, match=rf"being written by another process \(pid {owner.pid}\)"):
+            Run.open(run.path).acquire_writer()
+        with pytest.raises(TrainingError, match=rf"cannot resume: .* \(pid {owner.pid}\)"):
+            open_run("dpo", SimpleNamespace(resume_from=str(run.path)), is_main=True)
+        assert run.effective_status()["status"] == "running" and run.writer_alive()
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+    st = run.effective_status()
+    assert st["status"] == "interrupted" and st["step"] == 2 and st["resumable_from"] == 2 and "resume" in st["error"]
+    assert run.status()["status"] == "running"  # what is on disk is untouched: only the reading changes
+    resumed, step, folder = open_run("dpo", SimpleNamespace(resume_from=str(run.path)), is_main=True)  # stale lock taken over
+    try:
+        assert step == 2 and folder.name == "step-000002" and resumed.effective_status()["status"] == "running"
+    finally:
+        resumed.release_writer()
+
+
+def test_a_run_never_taken_by_a_trainer_is_interrupted_once_its_process_is_gone(tmp_path):
+    run = Run.create("ppo", {}, root=tmp_path)
+    assert run.effective_status()["status"] == "running"  # this process wrote it and lives
+    status = {**run.status(), "pid": 2**22 + 12345}  # written by a process that no longer exists
+    (run.path / "status.json").write_text(json.dumps(status))
+    assert run.effective_status()["status"] == "interrupted"
+
+
+def test_broken_latest_checkpoint_falls_back_before_anything_is_truncated(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from core.runstore import check_checkpoint
+    from core.trainers.common import open_run
+
+    run = Run.create("dpo", {}, root=tmp_path)
+    for step in (2, 4, 6):
+        run.save_checkpoint(step, {"w": torch.arange(1000.0)}, keep=3)
+    for step in range(1, 7):
+        run.log_metrics(step, {"loss": float(step)})
+    model = run.path / "checkpoints" / "step-000006" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:-100])  # killed mid-write, or a disk error
+    (run.path / "checkpoints" / "step-000004" / "trainer_state.json").write_text('{"step": 4, "rng"')
+    stale = run.path / "checkpoints" / ".step-000008.tmp-999999"
+    stale.mkdir()
+    assert check_checkpoint(model.parent) == "model.safetensors: truncated (3972 of 4072 bytes)"
+    assert "trainer_state.json unreadable" in check_checkpoint(model.parent.with_name("step-000004"))
+    assert [s for s, _ in run.checkpoints()] == [2] and [s for s, _, _ in run.broken_checkpoints()] == [4, 6]
+    with pytest.warns(UserWarning, match=r"resuming from step-000002; skipped the broken step-000004 .*step-000006 "
+                                         r"\(model.safetensors: truncated"):
+        resumed, step, folder = open_run("dpo", SimpleNamespace(resume_from=str(run.path)), is_main=True)
+    try:
+        assert (step, folder.name) == (2, "step-000002")
+        assert [r["step"] for r in run.metrics()] == [1, 2]  # truncated after the intact checkpoint only
+        assert not stale.exists()  # the killed write's temporary folder is cleaned
+        resumed.save_checkpoint(3, {"w": torch.zeros(1)}, keep=2)
+        assert [p.name for p in sorted((run.path / "checkpoints").iterdir())] == ["step-000002", "step-000003"]
+    finally:
+        resumed.release_writer()
+
+
+def test_checkpoint_files_and_folders_are_fsynced(tmp_path, monkeypatch):
+    import torch
+
+    import core.runstore as runstore
+
+    synced = []
+    real = runstore._fsync_path
+    monkeypatch.setattr(runstore, "_fsync_path", lambda p: synced.append(Path(p).name) or real(p))
+    Run.create("dpo", {}, root=tmp_path).save_checkpoint(1, {"w": torch.zeros(1)}, optimizer=None)
+    assert {"model.safetensors", "trainer_state.json", ".step-000001.tmp-" + str(__import__("os").getpid()),
+            "checkpoints"} <= set(synced)

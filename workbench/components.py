@@ -118,9 +118,10 @@ def run_label(run, status: bool = True) -> str:
 
 
 def safe_status(run) -> dict:
-    """``run.status()``, or a placeholder while the folder is being created (config.json before status.json) or gone."""
+    """``run.effective_status()`` ("interrupted" for a "running" run whose process died), or a placeholder while the
+    folder is being created (config.json before status.json) or gone."""
     try:
-        return run.status()
+        return run.effective_status()
     except Exception:  # noqa: BLE001 - RunStoreError (no status.json yet, or deleted) or an unreadable file
         exists = (Path(run.path) / "config.json").is_file()
         return {"status": "starting" if exists else "deleted", "step": 0}

@@ -159,6 +159,7 @@ def run_guard(run: Run):
     finally:
         _STOP.clear()
         _STOP_HONOURED.clear()
+        run.release_writer()  # the final status is written: another process may take the run
 
 
 class Logger:
@@ -240,15 +241,29 @@ def open_run(kind: str, config, is_main: bool, run: Run | None = None):
     if not config.resume_from:
         if run is None and is_main:
             run = Run.create(kind, config, name=config.run_name or None)
+        if is_main:
+            run.acquire_writer()  # held for the trainer's life: a second writer is refused
         return (run if is_main else None), 0, None
     if run is not None and run.path.resolve() != Path(config.resume_from).resolve():
         raise TrainingError(f"resume_from={config.resume_from} is not the run folder given ({run.path})")
     run = Run.open(config.resume_from)
     if run.kind != kind:
         raise TrainingError(f"cannot resume {run.path}: it is a '{run.kind}' run, not '{kind}'")
-    latest = run.latest_checkpoint()
+    if is_main:
+        try:
+            run.acquire_writer()  # before anything is read or truncated: refused while another process writes it
+        except RunStoreError as exc:
+            raise TrainingError(f"cannot resume: {exc}") from None
+    latest = run.latest_checkpoint()  # the newest INTACT checkpoint: checked before anything is truncated
+    broken = [b for b in run.broken_checkpoints() if latest is None or b[0] > latest[0]]
     if latest is None:
-        raise TrainingError(f"cannot resume {run.path}: it has no checkpoint yet (save_every too large?)")
+        what = f"; broken: {', '.join(f'{p.name} ({why})' for _, p, why in broken)}" if broken else " (save_every too large?)"
+        raise TrainingError(f"cannot resume {run.path}: it has no intact checkpoint{what}")
+    if broken and is_main:
+        import warnings
+
+        warnings.warn(f"{run.path}: resuming from {latest[1].name}; skipped the broken "
+                      f"{', '.join(f'{p.name} ({why})' for _, p, why in broken)}", stacklevel=2)
     step, folder = latest
     if is_main:
         run.truncate_after(step)

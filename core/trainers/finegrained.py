@@ -141,6 +141,7 @@ def train_finegrained_rm(config: FineGrainedConfig, on_log=None, *, run: Run | N
     name = config.name or {"C1": "c1-relevance", "C2": "c2-factuality"}[config.category]
     folder = destination(name, config.save_dir, config.overwrite, default_name=not config.name) if config.save_model else None
     run = run or Run.create("finegrained_rm", config, name=name)
+    run.acquire_writer()  # one writer per run, for the trainer's life (run_guard gives it back)
     with run_guard(run):
         seed_everything(config.seed)
         t_start = time.time()

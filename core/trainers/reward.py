@@ -272,6 +272,8 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None, *, run
     # only the main process writes the run; every process reads a resumed run's checkpoint and cached features
     resumed = Run.open(config.resume_from) if config.resume_from else None
     run = (run or resumed or Run.create("reward", config, name=name)) if main else None
+    if run is not None:
+        run.acquire_writer()  # one writer per run, for the trainer's life (run_guard gives it back)
     with run_guard(run) if main else contextlib.nullcontext():
         seed_everything(config.seed)
         if run is not None:
