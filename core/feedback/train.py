@@ -237,7 +237,7 @@ def train_feedback_reward_model(config: FeedbackRMConfig, store: FeedbackStore |
         "final_loss": loss.item(), "features_s": features_s, "features_reused": reused, "seconds": time.time() - t_start,
     }
     train_scores = torch.stack([all_scores[row[g["item_id"]]] for g in train]).flatten()
-    name = config.name or f"feedback-{project['name']}".replace(" ", "-").replace("/", "-")
+    name = config.name or reward_store.safe_name(f"feedback-{project['name']}")
     meta = {
         "kind": "preference", "category": None, "level": "sequence", "name": "holistic",
         "format": "text", "separator": " ", "max_length": config.max_length,
@@ -251,7 +251,8 @@ def train_feedback_reward_model(config: FeedbackRMConfig, store: FeedbackStore |
     # 6. save --------------------------------------------------------------------------------------
     path = None
     if config.save_model:
-        path = Path(config.save_dir) if config.save_dir else reward_store.reward_models_dir() / name
+        # a default name already taken gets a time stamp; a chosen one or a save_dir is never replaced silently
+        path = reward_store.destination(name, config.save_dir, default_name=not config.name)
         reward_store.save_reward_model(model.eval(), tokenizer, meta, path)
         figures["seconds"] = time.time() - t_start
     return {"model_path": str(path) if path else None, "figures": figures, "meta": meta, "scores": scores}
@@ -270,7 +271,10 @@ def train_finegrained_from_spans(store: FeedbackStore, project_id: int, category
     project = store.project(project_id)
     folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="feedback-qa-"))
     write_qa_feedback(store, project["id"], folder)
-    name = overrides.pop("name", f"feedback-{project['name']}-{category.lower()}".replace(" ", "-"))
+    from core.rewards.store import destination, safe_name
+
+    name = overrides.pop("name", None) or destination(safe_name(f"feedback-{project['name']}-{category.lower()}"),
+                                                      default_name=True).name  # a new model, never a silent replacement
     config = FineGrainedConfig(category=category, model_name_or_path=model_name_or_path, data=str(folder), limit=0, name=name,
                                progress=False, **overrides)
     return train_finegrained_rm(config)

@@ -80,6 +80,12 @@ def check_name(name: str) -> str:
     return name
 
 
+def safe_name(text: str) -> str:
+    """``text`` made into a valid model name (``check_name``): other characters become '-', cut to 100."""
+    name = re.sub(r"-{2,}", "-", re.sub(r"[^A-Za-z0-9_.-]+|\.{2,}", "-", str(text))).strip(".-_")[:100].rstrip(".-_")
+    return name or "model"
+
+
 def check_destination(folder: str | Path, overwrite: bool = False) -> Path:
     """``folder`` if a model may be saved there: absent, empty, or (with overwrite) a saved reward model."""
     folder = Path(folder)
