@@ -28,16 +28,17 @@ import sys
 DEBUG_ENV = "RLHF_WORKBENCH_DEBUG"
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """The exception classes whose message is written for the user (imported here: they live across the package)."""
-    from core.data import DataError
-    from core.models import ModelLoadError
-    from core.rewards.store import RewardModelError
-    from core.runstore import RunStoreError
-    from core.trainers.common import NonFiniteLossError, TrainingError
-    from core.trainers.rewards_setup import RewardSetupError
+# the exceptions whose message is written for the user, by qualified name (no imports: every module imports this one)
+USER_ERRORS = frozenset({
+    "core.data.DataError", "core.models.ModelLoadError", "core.rewards.store.RewardModelError",
+    "core.runstore.RunStoreError", "core.trainers.common.NonFiniteLossError", "core.trainers.common.TrainingError",
+    "core.trainers.rewards_setup.RewardSetupError", "core.feedback.store.FeedbackError",
+})
 
-    return DataError, ModelLoadError, RewardModelError, RunStoreError, NonFiniteLossError, TrainingError, RewardSetupError
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is (a subclass of) one of ``USER_ERRORS``."""
+    return any(f"{c.__module__}.{c.__qualname__}" in USER_ERRORS for c in type(exc).__mro__)
 
 
 def debug_requested(argv: list[str] | None = None) -> bool:
@@ -58,7 +59,7 @@ def entry_point(main):
         try:
             return main(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - re-raised unless it is one of the user-facing errors
-            if debug or not isinstance(exc, user_error_types()):
+            if debug or not is_user_error(exc):
                 raise
             print(f"[rlhf-workbench] error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None

@@ -158,6 +158,17 @@ def test_command_line_prints_one_line_for_a_data_error(tmp_path, monkeypatch, ca
         dpo.main()
 
 
+def test_every_user_error_named_by_the_command_lines_exists():
+    import importlib
+
+    from core.cli import USER_ERRORS, is_user_error
+
+    for name in USER_ERRORS:
+        module, _, cls = name.rpartition(".")
+        error = getattr(importlib.import_module(module), cls)
+        assert issubclass(error, Exception) and is_user_error(error("x") if cls != "DataError" else error("f", 0, "x"))
+
+
 def test_entry_point_keeps_tracebacks_of_bugs(monkeypatch):
     from core.cli import entry_point
 
