@@ -71,6 +71,7 @@ def test_dpo_jobs_run_in_their_own_processes_and_switch_device(jobs):
     from core.runstore import Run
     from workbench import training
 
+    AcceleratorState._reset_state(reset_partial_state=True)  # in-process trainers of earlier tests leave it set
     for cpu in (True, False):
         job = jobs.start("dpo", training.build("dpo", {**DPO, "cpu": cpu}), label=f"dpo cpu={cpu}")
         jobs.wait(job, 240)
