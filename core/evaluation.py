@@ -13,6 +13,7 @@ never trains on, named as in ``core/metrics.py``:
                              empty responses are left out
     eval/distinct_{1,2,3}    distinct n-grams / n-grams over all samples (Li et al. 2016)
     eval/length              mean response tokens
+    eval/kl                  mean over samples of Σ_t log π(y_t|·) − log π_ref(y_t|·) (k1; with a reference)
 
 Sampling uses its own fixed seed inside ``torch.random.fork_rng`` over the CPU RNG
 and the RNG of the policy's CUDA device (``rng_devices``), so evaluating does not
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from core.rollout import generate
+from core.rollout import generate, score_tokens
 
 TOXIC_THRESHOLD = 0.5
 
@@ -70,7 +71,9 @@ def evaluate_policy(policy, tokenizer, prompts: list[str], components: dict, *, 
 
     policy: a causal LM with ``generate``. reference: a zero-argument callable returning a
     context manager that yields the frozen reference model (for perplexity); None skips
-    perplexity. components: name -> RewardComponent. samples: [{prompt, response, toxicity}].
+    perplexity and KL. components: name -> RewardComponent. samples: one per (prompt, k), prompt-major:
+    {prompt, response, toxicity, length, totals: {name: Σ_t r_t}, kl (with a reference)}, the
+    per-sample values ``core.paired`` pairs across two evaluations.
     chat_template, max_prompt_tokens: prompt formatting, as ``core.rollout.generate`` (pass the
     training run's settings). Perplexity is of the response after the formatted prompt.
     """
@@ -82,7 +85,7 @@ def evaluate_policy(policy, tokenizer, prompts: list[str], components: dict, *, 
     if not prompts:
         return {}, []
     repeated = [p for p in prompts for _ in range(k)]  # prompt-major: rows b*k .. b*k+k-1 share a prompt
-    texts, lengths, totals = [], [], {name: [] for name in components}
+    texts, lengths, totals, kls = [], [], {name: [] for name in components}, []
     devices, device_type = rng_devices(policy)
     with torch.random.fork_rng(devices=devices, device_type=device_type):
         torch.manual_seed(seed)  # seeds the CPU and every CUDA device
@@ -96,6 +99,11 @@ def evaluate_policy(policy, tokenizer, prompts: list[str], components: dict, *, 
             lengths += ro.response_mask.sum(1).tolist()
             for name, total in tr.totals().items():
                 totals[name] += total.tolist()
+            if reference is not None:  # KL_b = Σ_t log π(y_t|..) - log π_ref(y_t|..) (k1, as the training reward)
+                logp = score_tokens(policy, ro, temperature, with_values=False, no_grad=True).logprobs
+                with reference() as ref_model:
+                    ref_logp = score_tokens(ref_model, ro, temperature, with_values=False, no_grad=True).logprobs
+                kls += (logp - ref_logp).sum(-1).tolist()
     scorer = toxicity_scorer or ProfanityToxicity()
     tox = scorer.probability(texts)
     metrics = {f"eval/reward/{name}": sum(v) / len(v) for name, v in totals.items()}
@@ -109,5 +117,9 @@ def evaluate_policy(policy, tokenizer, prompts: list[str], components: dict, *, 
     for n in (1, 2, 3):
         metrics[f"eval/distinct_{n}"] = float(distinct_n(texts, n))
     metrics["eval/length"] = sum(lengths) / len(lengths)
-    samples = [{"prompt": p, "response": t, "toxicity": x} for p, t, x in zip(repeated, texts, tox)]
+    if kls:
+        metrics["eval/kl"] = sum(kls) / len(kls)
+    samples = [{"prompt": p, "response": t, "toxicity": x, "length": int(n),
+                "totals": {name: float(v[i]) for name, v in totals.items()}, **({"kl": kls[i]} if kls else {})}
+               for i, (p, t, x, n) in enumerate(zip(repeated, texts, tox, lengths))]
     return metrics, samples

@@ -73,6 +73,7 @@ METRICS: dict[str, str] = {
     "eval/perplexity": "exp(mean NLL per token) of the responses under the frozen reference model",
     "eval/distinct_{n}": "distinct n-grams ÷ total n-grams over all sampled responses (Li et al. 2016)",
     "eval/length": "mean response length in tokens",
+    "eval/kl": "mean over held-out samples of Σ_t log π(y_t|·) − log π_ref(y_t|·) (k1, per sequence)",
     "eval/reward/{component}": "mean Σ_t r_k,t of component k on held-out samples",
     # --- SFT
     "sft/perplexity": "exp(mean NLL per completion token) on the batch",

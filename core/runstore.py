@@ -6,6 +6,8 @@ Layout of ``runs/<run_id>/``::
     status.json      {"status": "running"|"finished"|"stopped"|"failed", "error": ..., "step": ...}  atomic
     metrics.jsonl    one {"step": s, "time": t, name: value, ...} per logged step, flushed each line
     samples.jsonl    one {"step": s, "prompt", "response", "tokens", "per_token": {field: [...]}} per sample
+    eval_samples.jsonl  one {"step": s, "prompt", "response", "totals": {component: Σ_t r_t}, "kl", "length"}
+                     per held-out evaluation sample (same prompts and seed at every step: pairable)
     checkpoints/step-000010/
         model.safetensors       the trainable weights (all of them, or the LoRA adapter)
         optimizer.safetensors   optimizer tensors; optimizer.json its non-tensor state
@@ -313,6 +315,9 @@ class Run:
     def log_samples(self, step: int, samples: list[dict]) -> None:
         self._append("samples.jsonl", [{"step": int(step), **s} for s in samples])
 
+    def log_eval_samples(self, step: int, samples: list[dict]) -> None:
+        self._append("eval_samples.jsonl", [{"step": int(step), **s} for s in samples])
+
     def metrics(self) -> list[dict]:
         return _read_jsonl(self.path / "metrics.jsonl")
 
@@ -320,9 +325,15 @@ class Run:
         rows = _read_jsonl(self.path / "samples.jsonl")
         return rows if step is None else [r for r in rows if r.get("step") == step]
 
+    def eval_samples(self, step: int | None = None) -> list[dict]:
+        rows = _read_jsonl(self.path / "eval_samples.jsonl")
+        return rows if step is None else [r for r in rows if r.get("step") == step]
+
     def truncate_after(self, step: int) -> None:
         """Drop metric and sample rows logged after ``step`` (used when resuming from a checkpoint)."""
-        for name in ("metrics.jsonl", "samples.jsonl"):
+        for name in ("metrics.jsonl", "samples.jsonl", "eval_samples.jsonl"):
+            if name == "eval_samples.jsonl" and not (self.path / name).is_file():
+                continue
             rows = [r for r in _read_jsonl(self.path / name) if r.get("step", 0) <= step]
             _atomic_write_text(self.path / name, "".join(json.dumps(r) + "\n" for r in rows))
 

@@ -251,14 +251,18 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
             kl_ctl.value = state["kl_coef"]
             set_rng_state(state["rng"])
 
-        evaluate = functools.partial(  # held-out metrics (and samples), sampled as training samples
-            evaluate_policy, policy, tokenizer, eval_prompts, components, reference=reference, k=config.eval_samples_k,
-            max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-            seed=config.seed, chat_template=config.chat_template, max_prompt_tokens=config.max_prompt_tokens)
+        def evaluate(step: int) -> dict:  # held-out metrics; the samples go to eval_samples.jsonl (paired by core.paired)
+            metrics, samples = evaluate_policy(
+                policy, tokenizer, eval_prompts, components, reference=reference, k=config.eval_samples_k,
+                max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k,
+                top_p=config.top_p, seed=config.seed, chat_template=config.chat_template,
+                max_prompt_tokens=config.max_prompt_tokens)
+            run.log_eval_samples(step, samples)
+            return metrics
 
         if main and start == 1 and config.eval_every and eval_prompts:
             t0 = time.perf_counter()
-            log(0, {**evaluate()[0], "time/eval_s": time.perf_counter() - t0})
+            log(0, {**evaluate(0), "time/eval_s": time.perf_counter() - t0})
 
         bar = tqdm(range(start, config.num_iterations + 1), desc="ppo", disable=not main,
                    initial=start - 1, total=config.num_iterations)
@@ -355,7 +359,7 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
                 # ---- 7. evaluate on held-out prompts, then checkpoint
                 if config.eval_every and eval_prompts and iteration % config.eval_every == 0:
                     t0 = time.perf_counter()
-                    metrics.update(evaluate()[0])
+                    metrics.update(evaluate(iteration))
                     metrics["time/eval_s"] = time.perf_counter() - t0
                 metrics.update({"time/generation_s": t_generation, "time/forward_s": t_forward, "time/scoring_s": t_scoring,
                                 "time/update_s": t_update, "time/step_s": time.perf_counter() - t_step})

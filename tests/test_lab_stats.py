@@ -1,0 +1,148 @@
+"""The lab's statistics: best-of-N preview (core.preview), paired before/after intervals (core.paired), eval samples."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import pytest
+import torch
+
+from core.paired import PairedChange, describe, paired_change, paired_table
+from core.preview import CandidateBank, sample_candidates
+
+
+# ----------------------------------------------------------------------------- best-of-N preview
+
+
+def _bank(P=16, N=8, K=6, seed=0) -> CandidateBank:
+    g = torch.Generator().manual_seed(seed)
+    totals = torch.randn(P, N, K, generator=g, dtype=torch.float64)
+    return CandidateBank([f"p{i}" for i in range(P)], [[f"r{i}.{n}" for n in range(N)] for i in range(P)],
+                         [f"c{k}" for k in range(K)], totals)
+
+
+def test_rank_is_the_argmax_of_a_naive_weighted_sum():
+    bank = _bank()
+    for trial in range(5):
+        weights = {f"c{k}": float(w) for k, w in enumerate(torch.randn(6, generator=torch.Generator().manual_seed(trial)))}
+        best, scores = bank.rank(weights)
+        for p in range(16):
+            naive = [sum(weights[f"c{k}"] * float(bank.totals[p, n, k]) for k in range(6)) for n in range(8)]
+            assert int(best[p]) == max(range(8), key=lambda n: naive[n])
+            assert scores[p].tolist() == pytest.approx(naive, abs=1e-12)
+
+
+def test_rank_one_component_picks_its_best_and_missing_weights_count_zero():
+    bank = _bank()
+    best, _ = bank.rank({"c2": 1.0})
+    assert best.tolist() == bank.totals[:, :, 2].argmax(1).tolist()
+    best, _ = bank.rank({"c2": -1.0})
+    assert best.tolist() == bank.totals[:, :, 2].argmin(1).tolist()
+    with pytest.raises(KeyError, match="nope"):
+        bank.rank({"nope": 1.0})
+
+
+def test_rank_takes_well_under_100_ms():
+    bank = _bank(P=32, N=16, K=8)
+    t0 = time.perf_counter()
+    for i in range(20):
+        bank.rank({f"c{k}": 0.1 * i + k for k in range(8)})
+    assert (time.perf_counter() - t0) / 20 < 0.1  # loose: the machine may be busy; typically ~20 µs
+
+
+class _Length:
+    name, level, category = "length", "sequence", None
+
+    def score(self, prompts, responses, segments):
+        return [[float(len(r))] for r in responses]
+
+
+class _Vowels:
+    name, level, category = "vowels", "sequence", None
+
+    def score(self, prompts, responses, segments):
+        return [[float(sum(ch in "aeiou" for ch in r))] for r in responses]
+
+
+def test_sample_candidates_scores_each_response_once_and_is_reproducible(tiny_model, tiny_model_path):
+    from core.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_path), padding_side="left")
+    comps = {"length": _Length(), "vowels": _Vowels()}
+    seen = []
+    before = torch.random.get_rng_state()
+    bank = sample_candidates(tiny_model, tok, ["Hello there", "How are you"], comps, n=3, max_new_tokens=5,
+                             on_progress=lambda d, t: seen.append((d, t)))
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's random stream is untouched
+    assert seen == [(1, 2), (2, 2)] and bank.totals.shape == (2, 3, 2) and bank.lengths.shape == (2, 3)
+    for p in range(2):
+        for n in range(3):
+            text = bank.responses[p][n]
+            assert bank.totals[p, n].tolist() == [float(len(text)), float(sum(ch in "aeiou" for ch in text))]
+    again = sample_candidates(tiny_model, tok, ["Hello there", "How are you"], comps, n=3, max_new_tokens=5)
+    assert again.responses == bank.responses
+    best, _ = bank.rank({"length": 1.0})
+    assert [len(bank.responses[p][int(best[p])]) for p in range(2)] == [max(len(r) for r in rows) for rows in bank.responses]
+
+
+# ----------------------------------------------------------------------------- paired statistics
+
+
+def test_paired_change_matches_a_hand_computed_t_interval():
+    # d = [1, 0, 2, 1]: mean 1, sd = sqrt(2/3), se = sd / 2, t_{0.975, 3} = 3.182446
+    row = paired_change("r", [1, 2, 3, 4], [2, 2, 5, 5])
+    half = 3.182446305 * math.sqrt(2 / 3) / 2  # 1.29924
+    assert (row.before, row.after, row.diff, row.n) == (2.5, 3.5, 1.0, 4)
+    assert row.low == pytest.approx(1 - half, abs=1e-6) and row.high == pytest.approx(1 + half, abs=1e-6)
+    assert not row.beyond_noise  # [-0.299, 2.299] includes 0
+    # d = [1, 1.2, 0.8, 1]: sd = sqrt(0.08 / 3), half = 3.182446 * 0.16330 / 2 = 0.25984
+    row = paired_change("r", [0, 0, 0, 0], [1, 1.2, 0.8, 1])
+    assert row.low == pytest.approx(1 - 0.259845, abs=1e-5) and row.beyond_noise
+    assert paired_change("r", [0, 0, 0], [-1, -1.1, -0.9]).beyond_noise  # a fall counts too
+    one = paired_change("r", [0], [5])
+    assert math.isnan(one.low) and not one.beyond_noise
+    with pytest.raises(ValueError, match="pairs must match"):
+        paired_change("r", [1, 2], [1])
+
+
+def test_paired_table_pairs_by_prompt_averages_k_samples_and_kl_starts_at_zero():
+    before = [{"prompt": "a", "totals": {"x": 1.0}, "length": 4}, {"prompt": "a", "totals": {"x": 3.0}, "length": 6},
+              {"prompt": "b", "totals": {"x": 0.0}, "length": 5}, {"prompt": "c", "totals": {"x": 9.0}, "length": 1}]
+    after = [{"prompt": "b", "totals": {"x": 1.0}, "length": 7, "kl": 0.5},
+             {"prompt": "a", "totals": {"x": 4.0}, "length": 5, "kl": 0.1}, {"prompt": "a", "totals": {"x": 4.0}, "length": 5, "kl": 0.3}]
+    rows = {r.metric: r for r in paired_table(before, after, ["x"])}
+    assert set(rows) == {"x", "kl", "length"}
+    assert (rows["x"].n, rows["x"].before, rows["x"].after, rows["x"].diff) == (2, 1.0, 2.5, 1.5)  # a: 2 -> 4, b: 0 -> 1
+    assert rows["kl"].before == 0.0 and rows["kl"].after == pytest.approx(0.35)  # a: 0.2, b: 0.5
+    assert rows["length"].diff == pytest.approx(((5 - 5) + (7 - 5)) / 2)
+
+
+def test_describe_says_which_components_moved_beyond_the_noise():
+    up = PairedChange("toxicity", 0.0, 1.0, 1.0, 0.5, 1.5, 8)
+    flat = PairedChange("c3", 0.0, 0.1, 0.1, -0.2, 0.4, 8)
+    text = describe([up, flat, PairedChange("kl", 0, 1, 1, 0.5, 1.5, 8)], ["toxicity", "c3"])
+    assert text.startswith("On 8 held-out prompts, toxicity rose by 1") and "beyond the noise" in text
+    assert "c3: within the noise" in text and "kl" not in text
+    assert "no weighted component changed beyond the noise" in describe([flat], ["c3"])
+
+
+# ----------------------------------------------------------------------------- evaluation samples carry what pairing needs
+
+
+def test_evaluate_policy_samples_have_totals_length_and_kl(tiny_model, tiny_model_path):
+    from core.evaluation import evaluate_policy
+    from core.models import load_tokenizer
+
+    class Scorer:
+        def probability(self, texts):
+            return [0.0] * len(texts)
+
+    tok = load_tokenizer(str(tiny_model_path), padding_side="left")
+    same = lambda: contextlib.nullcontext(tiny_model)  # noqa: E731 - reference = policy: KL is exactly 0
+    metrics, samples = evaluate_policy(tiny_model, tok, ["Hi", "Tell me"], {"length": _Length()}, reference=same, k=2,
+                                       max_new_tokens=4, toxicity_scorer=Scorer())
+    assert len(samples) == 4 and [s["prompt"] for s in samples] == ["Hi", "Hi", "Tell me", "Tell me"]
+    assert all(s["totals"]["length"] == float(len(s["response"])) and s["kl"] == 0.0 and 1 <= s["length"] <= 4 for s in samples)
+    assert metrics["eval/kl"] == 0.0 and metrics["eval/length"] == sum(s["length"] for s in samples) / 4
