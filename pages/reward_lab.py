@@ -132,13 +132,81 @@ def compare_panel() -> None:
         before_after(which)
 
 
+# ----------------------------------------------------------------------------- preview and paired verdict (workbench.lab)
+
+
+def preview_panel(model: str) -> None:
+    """Best-of-N under the current sliders: N responses per held-out prompt sampled and scored once, re-ranked at every move."""
+    import time
+
+    from workbench import lab
+
+    st.subheader("Instant preview: which response do these weights prefer?")
+    names = list(training.ppo_reward_specs())
+    weights = {n: float(st.session_state.get(K(f"w_{n}"), 1.0 if i == 0 else 0.0)) for i, n in enumerate(names)}
+    key = (model, state.current_device(), tuple(names))
+    bank = st.session_state.get(K("preview_bank"))
+    if bank is None or st.session_state.get(K("preview_key")) != key:
+        st.caption(f"Samples {lab.PREVIEW_N} responses to each of {lab.PREVIEW_PROMPTS} held-out prompts with the untrained "
+                   "policy and scores each with every component, once; then every slider move only re-ranks them (no training).")
+        if not st.button("Sample candidates for the preview", key=K("preview_start")):
+            return
+        bar = st.progress(0.0, text="Sampling and scoring candidates…")
+        bank = lab.candidate_bank(model, state.current_device(),
+                                  on_progress=lambda d, t: bar.progress(d / t, text=f"Sampled and scored prompt {d}/{t}"))
+        st.session_state[K("preview_bank")], st.session_state[K("preview_key")] = bank, key
+        bar.empty()
+    t0 = time.perf_counter()
+    best, scores = bank.rank({n: w for n, w in weights.items() if n in bank.names})
+    ms = 1000 * (time.perf_counter() - t0)
+    st.session_state[K("preview_best")] = best.tolist()
+    st.caption(f"Best of {scores.shape[1]} by Σₖ wₖ·(Σₜ rₖ,ₜ) under the sliders' weights (re-ranked in {ms:.1f} ms; "
+               "no KL term: all candidates come from the untrained policy). It shows which way the weights push, "
+               "not what PPO would write.")
+    for p, prompt in enumerate(bank.prompts):
+        b = int(best[p])
+        with st.container(border=True):
+            st.markdown(f"*Prompt:* {prompt[-300:]}\n\n**Preferred ({b + 1}/{scores.shape[1]}):** {bank.responses[p][b]}")
+            st.caption(f"weighted {float(scores[p, b]):+.3f} · " + " · ".join(
+                f"{n}: {float(bank.totals[p, b, k]):+.3f}" for k, n in enumerate(bank.names)) + f" · {int(bank.lengths[p, b])} tokens")
+
+
+def paired_panel() -> None:
+    """A finished lab run's held-out samples before and after training, paired by prompt, with 95 % intervals."""
+    from workbench import lab
+
+    runs = [r for r in components.all_runs(kind="ppo") if (r.path / "eval_samples.jsonl").is_file()]
+    if not runs:
+        return
+    st.subheader("Held-out before / after, paired by prompt")
+    paths = [str(r.path) for r in runs]
+    chosen = st.session_state.get(K("ba_run"))
+    which = st.selectbox("Run", paths, index=paths.index(chosen) if chosen in paths else 0, key=K("paired_run"),
+                         format_func=components.label_for_path)
+    result = lab.paired_rows(components.open_run(which))
+    if result is None:
+        st.info("This run evaluated its held-out prompts fewer than twice (before and after training): nothing to pair.")
+        return
+    rows, names, first, last = result
+    st.dataframe(lab.table(rows), hide_index=True)
+    from core.paired import describe
+
+    st.markdown(describe(rows, names + [lab.WEIGHTED_TOTAL]))
+    st.caption(f"Step {first} → step {last}: the same held-out prompts, sampled with the same seed. Per prompt, the mean of "
+               "its samples; Δ is the mean over prompts of after − before, with Student's t 95 % interval "
+               "(mean ± t₀.₉₇₅,ₙ₋₁·sd/√n). Beyond the noise: the interval excludes 0. KL (Σₜ log π − log π_ref) is 0 "
+               "before training.")
+
+
 def main() -> None:
     st.title("Reward-weight lab")
     st.caption("How do reward weights and β steer PPO? Set them, run a short PPO (LoRA, a few iterations), compare.")
     model = state.current_model()
     start_panel(model)
     job_panel()
+    preview_panel(model)
     compare_panel()
+    paired_panel()
 
 
 with components.page_guard("the reward-weight lab"):

@@ -1,0 +1,95 @@
+"""The reward-weight lab's two read-outs: the best-of-N preview and the paired before/after table.
+
+What it is: glue between the lab page and ``core.preview`` / ``core.paired``.
+``candidate_bank`` samples N responses per held-out prompt with the sidebar's (untrained)
+policy and scores them with every reward component the lab offers, once; the page keeps
+the bank in ``st.session_state`` and re-ranks it at every slider move (no model runs).
+``paired_rows`` reads a finished lab run's held-out evaluation samples
+(``eval_samples.jsonl``: the same prompts and seed before the first and after the last
+iteration) and pairs them by prompt.
+
+What it leaves out: drawing (the page), the statistics themselves (``core.paired``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+PREVIEW_PROMPTS = 4
+"""held-out prompts of the preview (the lab's short PPO holds out at least this many when it evaluates)"""
+PREVIEW_N = 4
+"""candidate responses per prompt"""
+WEIGHTED_TOTAL = "total (weighted)"
+
+
+def heldout_prompts(model: str, n: int = PREVIEW_PROMPTS) -> tuple[list[str], object]:
+    """(n prompts the lab's short PPO never trains on, its config): those after its training prompts."""
+    from core.data import load_prompts
+    from workbench import training
+
+    names = list(training.ppo_reward_specs())
+    config = training.short_ppo(model, {names[0]: 1.0}, 0.05)
+    prompts = load_prompts(config.prompts, config.num_prompts + n, config.seed)[config.num_prompts:]
+    return prompts, config
+
+
+def candidate_bank(model: str, device: str = "cpu", n_prompts: int = PREVIEW_PROMPTS, n: int = PREVIEW_N,
+                   on_progress: Callable[[int, int], None] | None = None):
+    """``core.preview.CandidateBank`` of the lab's held-out prompts, sampled as the short PPO samples, every component scored."""
+    from core.preview import sample_candidates
+    from workbench import scoring, state, training
+
+    prompts, config = heldout_prompts(model, n_prompts)
+    infos = {c.name: c for c in scoring.available_components()}
+    components = {name: scoring.build_component(name, infos[name].source, infos[name].ref)
+                  for name in training.ppo_reward_specs() if name in infos}
+    return sample_candidates(state.get_policy(model, device), state.get_tokenizer(model), prompts, components, n=n,
+                             seed=config.seed, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                             top_k=config.top_k, top_p=config.top_p, chat_template=config.chat_template,
+                             max_prompt_tokens=config.max_prompt_tokens, on_progress=on_progress)
+
+
+def run_weights(run) -> dict[str, float]:
+    """The run's reward weights by component name (a component left out of ``weights`` weighs 1.0)."""
+    from core.trainers.rewards_setup import parse_weights
+
+    samples = run.eval_samples()
+    names = list((samples[0].get("totals") or {}) if samples else [])
+    try:
+        return parse_weights(str(run.config.get("weights", "")), names)
+    except Exception:  # noqa: BLE001 - an unreadable weight string: every component at 1
+        return {n: 1.0 for n in names}
+
+
+def paired_rows(run):
+    """(rows: list of core.paired.PairedChange, components: the weighted names, first step, last step), or None.
+
+    None when the run evaluated fewer than twice. The weighted total Σ_k w_k Σ_t r_k,t is
+    paired as one more component, then KL and length.
+    """
+    from core.paired import paired_table
+
+    samples = run.eval_samples()
+    steps = sorted({s.get("step", 0) for s in samples})
+    if len(steps) < 2:
+        return None
+    weights = run_weights(run)
+    names = [n for n, w in weights.items() if w]
+
+    def with_total(rows):
+        return [{**s, "totals": {**s.get("totals", {}),
+                                 WEIGHTED_TOTAL: sum(w * float(s.get("totals", {}).get(n, 0.0)) for n, w in weights.items())}}
+                for s in rows]
+
+    first, last = steps[0], steps[-1]
+    before = with_total([s for s in samples if s.get("step") == first])
+    after = with_total([s for s in samples if s.get("step") == last])
+    keys = names + ([WEIGHTED_TOTAL] if len(names) > 1 else [])
+    return paired_table(before, after, keys), names, first, last
+
+
+def table(rows) -> list[dict]:
+    """Rows for ``st.dataframe``: metric, before, after, Δ, 95 % interval, verdict."""
+    return [{"metric": r.metric, "before": round(r.before, 4), "after": round(r.after, 4), "Δ (after − before)": round(r.diff, 4),
+             "95 % interval": "n/a" if r.n < 2 else f"[{r.low:+.4f}, {r.high:+.4f}]",
+             "beyond the noise": "yes" if r.beyond_noise else "no", "prompts": r.n} for r in rows]
