@@ -12,6 +12,7 @@ Registered in ``workbench/app.py``; run ``streamlit run workbench/app.py``.
 
 import streamlit as st
 
+from core.rewards.scales import weighted_scale
 from workbench import charts, components, limits, scoring, state
 
 PAGE = "explorer"
@@ -127,6 +128,19 @@ def pick_pair(model: str) -> tuple[str, str, list[dict]]:
     return prompt, response, spans
 
 
+def coloured_text(tokens: list[str], rows: dict[str, list[float]], scales: dict, tr) -> None:
+    """The response as text coloured by one row (a component or the weighted total), values on hover."""
+    names = list(rows)
+    which = st.selectbox("Colour the text by", names, index=len(names) - 1, key=K("text_row"))
+    ends = {seg.token_index for seg in tr.segments[0] if seg.component == which} if which in tr.components else set()
+    bound = scales.get(which)
+    st.session_state[K("text_bound")] = bound
+    st.markdown(charts.coloured_text_html(tokens, rows[which], bound=bound, segment_ends=ends), unsafe_allow_html=True)
+    scale = f"full colour at |value| ≥ {bound:g} (its stated scale)" if bound else "scaled to this response's max |value| (no stated scale)"
+    st.caption(f"{which}: blue > 0 > red, {scale}; hover a token for its value"
+               + ("; a bar marks where each of its segments ends." if ends else "."))
+
+
 def main() -> None:
     st.title("Token reward explorer")
     st.caption("Where does each reward land? Rows are reward components, cells are response tokens; hover for exact values.")
@@ -179,11 +193,15 @@ def main() -> None:
     rows["total (weighted)"] = total[keep].tolist()
     st.session_state[K("last_total")] = rows["total (weighted)"]
     tokens = scoring.token_texts(tr)
-    st.plotly_chart(charts.token_heatmap(tokens, rows), key=K("heatmap"), width="stretch")
+    scales = scoring.colour_scales(infos)
+    scales["total (weighted)"] = weighted_scale(weights, scales)
+    st.plotly_chart(charts.token_heatmap(tokens, rows, scales=scales), key=K("heatmap"), width="stretch")
+    st.caption("Colours: each row on its own stated scale [−s, s] (" + ", ".join(
+        f"{n}: {'its data max' if scales.get(n) is None else f's = {scales[n]:g}'}" for n in rows)
+        + "), so a value near 0 stays pale; hover a cell for the exact value.")
     if len(tokens) > limits.TOKEN_LABELS_UP_TO:
-        st.caption(f"{len(tokens)} tokens: too many to label on the axis (hover a cell for its token). "
-                   "Below, the response coloured by the weighted total (blue > 0 > red; hover a token for its value).")
-        st.markdown(charts.coloured_text_html(tokens, rows["total (weighted)"]), unsafe_allow_html=True)
+        st.caption(f"{len(tokens)} tokens: too many to label on the axis (hover a cell for its token); read them below.")
+    coloured_text(tokens, rows, scales, tr)
     sums = {name: round(sum(v), 4) for name, v in rows.items()}
     st.caption("Sum over tokens: " + " · ".join(f"{k} = {v}" for k, v in sums.items()))
     cut = scoring.context_cuts(prompt, response, infos)

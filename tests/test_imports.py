@@ -22,7 +22,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "accelerate", "streamlit")
 LIGHT = ["core", "core.paths", "core.metrics", "core.runstore", "core.data", "core.rewards", "core.rewards.store",
          "core.feedback", "core.feedback.store", "core.feedback.sampling", "core.feedback.export", "core.feedback.agreement",
-         "core.trainers"]
+         "core.trainers", "core.paired", "core.rewards.scales"]
 
 
 @pytest.mark.parametrize("module", LIGHT)

@@ -40,13 +40,17 @@ def show_token(tok: str) -> str:
     return str(tok).replace("\n", "⏎").replace(" ", "·")
 
 
-def token_heatmap(tokens: list[str], rows: dict[str, list[float]], title: str = "", per_row_scale: bool = False) -> go.Figure:
+def token_heatmap(tokens: list[str], rows: dict[str, list[float]], title: str = "", per_row_scale: bool = False,
+                  scales: dict[str, float | None] | None = None) -> go.Figure:
     """One row per named series (reward component, KL, value, ...), one cell per response token.
 
     tokens: T token strings; rows: name -> T values (missing values drawn empty).
     Colours share one symmetric scale (rewards in the same units stay comparable), or with
     ``per_row_scale`` each row is scaled by its own max |value| (KL, values and log-probs
-    differ by orders of magnitude). Hover always shows the row, the token index, the token
+    differ by orders of magnitude). With ``scales`` (name -> stated scale s, e.g.
+    ``core.rewards.scales.colour_scale``), each row is drawn on its own fixed [-s, s], so a
+    small value stays pale however large it is next to the others (a row without a scale
+    falls back to its own max). Hover always shows the row, the token index, the token
     text and the exact value.
     """
     names = list(rows)
@@ -54,7 +58,13 @@ def token_heatmap(tokens: list[str], rows: dict[str, list[float]], title: str = 
     values = [[_finite(v) for v in (list(rows[n]) + [None] * T)[:T]] for n in names]
     labels = [show_token(t) for t in tokens]
     custom = [[[labels[t], "" if row[t] is None else f"{row[t]:.5g}"] for t in range(T)] for row in values]
-    if per_row_scale:
+    if scales is not None:
+        z = []
+        for name, row in zip(names, values):
+            m = scales.get(name) or max((abs(v) for v in row if v is not None), default=0.0) or 1.0
+            z.append([None if v is None else max(-1.0, min(1.0, v / m)) for v in row])
+        bound, colorbar = 1.0, {"thickness": 12, "len": 1.0, "title": {"text": "÷ stated scale", "side": "right"}}
+    elif per_row_scale:
         z = []
         for row in values:
             m = max((abs(v) for v in row if v is not None), default=0.0) or 1.0
@@ -86,22 +96,31 @@ def token_heatmap(tokens: list[str], rows: dict[str, list[float]], title: str = 
     return fig
 
 
-def coloured_text_html(tokens: list[str], values: list[float]) -> str:
+def coloured_text_html(tokens: list[str], values: list[float], bound: float | None = None,
+                       segment_ends: set[int] | None = None) -> str:
     """The response as text, each token's background coloured by its value (red < 0 < blue), the value on hover.
 
-    Readable for responses far too long for a heatmap row; colours are scaled by the max |value|.
+    Readable at any length. bound: the stated scale s (``core.rewards.scales``): |value| >= s
+    is full colour and the opacity grows linearly from 0, so a value near 0 stays near the
+    neutral (white) background. None scales to the data's max |value| (with a faint floor,
+    so every non-zero token shows): only for values that have no stated scale.
+    segment_ends: token indices where a reward segment ends, marked with a bar after the token.
     """
     vals = [_finite(v) for v in values] + [None] * max(0, len(tokens) - len(values))
-    bound = max((abs(v) for v in vals if v is not None), default=0.0) or 1.0
+    stated = bound is not None and bound > 0
+    if not stated:
+        bound = max((abs(v) for v in vals if v is not None), default=0.0) or 1.0
     out = []
-    for tok, v in zip(tokens, vals):
+    ends = segment_ends or set()
+    for i, (tok, v) in enumerate(zip(tokens, vals)):
         text = html.escape(str(tok))
+        bar = "border-right:2px solid #555;" if i in ends else ""
         if v is None or v == 0.0:
-            out.append(text)
+            out.append(f'<span style="{bar}">{text}</span>' if bar else text)
             continue
-        alpha = min(abs(v) / bound, 1.0) * 0.75 + 0.1
+        alpha = min(abs(v) / bound, 1.0) * 0.85 if stated else min(abs(v) / bound, 1.0) * 0.75 + 0.1
         rgb = "33,102,172" if v > 0 else "178,24,43"
-        out.append(f'<span style="background:rgba({rgb},{alpha:.2f})" title="{v:.5g}">{text}</span>')
+        out.append(f'<span style="{bar}background:rgba({rgb},{alpha:.3f})" title="{v:.5g}">{text}</span>')
     return '<div style="line-height:1.7;white-space:pre-wrap">' + "".join(out) + "</div>"
 
 

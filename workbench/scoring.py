@@ -85,6 +85,24 @@ SCALES_NOTE = (
 )
 
 
+def colour_scales(infos: list[ComponentInfo]) -> dict[str, float | None]:
+    """name -> the component's stated colour scale (``core.rewards.scales``); None when it has none."""
+    from core.rewards import store
+    from core.rewards.scales import colour_scale
+
+    out = {}
+    for c in infos:
+        meta = None
+        if c.source in ("store", "redistributed"):
+            try:
+                meta = store.read_meta(c.ref)
+            except Exception:  # noqa: BLE001 - unreadable metadata: no stated scale, scaled to the data
+                out[c.name] = None
+                continue
+        out[c.name] = colour_scale(c.name, meta, redistributed=c.source == "redistributed")
+    return out
+
+
 def has_learned_models() -> bool:
     return bool(_stored_models())
 
