@@ -15,6 +15,8 @@ What it leaves out: GPU timings (run it on one to get them), accuracy.
     python bench/ppo_short.py                  # the short PPO, phase table
     python bench/ppo_short.py --ablate         # + the before/after of each optimisation
     python bench/ppo_short.py --prompts demo   # without ../shared/data
+    python bench/ppo_short.py --cpu-bf16       # bf16 autocast on CPU (fp32 trainable weights)
+    python bench/ppo_short.py --model tiny-random-llama --prompts demo   # the test model
 Results are recorded in docs/benchmarks.md (## Short PPO).
 """
 
@@ -35,12 +37,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PHASES = ("generation", "forward", "scoring", "update")
 
 
-def run_short(prompts: str) -> dict:
+def run_short(prompts: str, model: str | None = None, cpu_bf16: bool = False) -> dict:
     from core.trainers.ppo import short_ppo_config, train_ppo
 
     rows = []
     t0 = time.perf_counter()
-    run = train_ppo(short_ppo_config(prompts=prompts), on_log=lambda step, m: rows.append((step, m)))
+    overrides = {"prompts": prompts, "cpu_bf16": cpu_bf16, **({"model_name_or_path": model} if model else {})}
+    run = train_ppo(short_ppo_config(**overrides), on_log=lambda step, m: rows.append((step, m)))
     wall = time.perf_counter() - t0
     print(f"{'iter':>4} " + " ".join(f"{p + '_s':>13}" for p in PHASES) + f" {'step_s':>8}")
     for step, m in rows:
@@ -99,12 +102,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", default="davidson", help="prompt set (davidson, demo, or a file)")
     parser.add_argument("--ablate", action="store_true", help="also time the slow alternatives")
+    parser.add_argument("--model", default=None, help="policy model (default: the short PPO's, SmolLM2-135M-Instruct)")
+    parser.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on CPU, fp32 trainable weights")
     args = parser.parse_args()
     import torch
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
           f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
-    run_short(args.prompts)
+    run_short(args.prompts, args.model, args.cpu_bf16)
     if args.ablate:
         ablate(args.prompts)
 

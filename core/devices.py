@@ -41,16 +41,23 @@ def mixed_precision_for(device=None) -> str:
     return "bf16" if default_dtype(device) == torch.bfloat16 else "no"
 
 
-def make_accelerator(gradient_accumulation_steps: int = 1, cpu: bool = False, log_with=None, project_dir=None):
+def make_accelerator(gradient_accumulation_steps: int = 1, cpu: bool = False, log_with=None, project_dir=None,
+                     cpu_bf16: bool = False):
     """An ``accelerate.Accelerator``: DDP under ``accelerate launch``, bf16 on CUDA, plain fp32 on CPU.
 
-    Training on CPU also keeps freed memory for reuse (``keep_freed_memory``).
+    cpu_bf16: on CPU, bf16 autocast (``torch.autocast("cpu", torch.bfloat16)`` around the
+    prepared model's forward and ``accelerator.autocast()``) with fp32 weights, gradients and
+    optimizer state. Training on CPU also keeps freed memory for reuse (``keep_freed_memory``).
     """
+    import torch
     from accelerate import Accelerator
 
+    precision = "no" if cpu else mixed_precision_for()
+    if cpu_bf16 and (cpu or not torch.cuda.is_available()):
+        precision = "bf16"
     accelerator = Accelerator(
         gradient_accumulation_steps=gradient_accumulation_steps,
-        mixed_precision="no" if cpu else mixed_precision_for(),
+        mixed_precision=precision,
         cpu=cpu,
         log_with=log_with,
         project_dir=project_dir,

@@ -97,7 +97,9 @@ def test_explorer_renders_and_sliders_recombine_without_rescoring():
     before = list(at.session_state["explorer_last_total"])
     tox = at.session_state["explorer_token_rewards"]
     tr = next(iter(tox.values()))
-    at.slider(key="explorer_w_toxicity").set_value(0.0).run()
+    for key in sliders:  # the shipped reward models have sliders too: only toxicity_sentence stays on
+        if key != "explorer_w_toxicity_sentence":
+            at.slider(key=key).set_value(0.0).run()
     at.slider(key="explorer_w_toxicity_sentence").set_value(2.0).run()
     _clean(at)
     after = list(at.session_state["explorer_last_total"])

@@ -174,6 +174,8 @@ class PPOConfig:
     """comma list of accelerate trackers: tensorboard, wandb, trackio"""
     cpu: bool = False
     """force CPU"""
+    cpu_bf16: bool = False
+    """on CPU: bf16 autocast for every forward pass (fp32 trainable weights and optimizer state); docs/benchmarks.md"""
     export_merged: bool = False
     """LoRA runs: besides the adapter in RUN_FOLDER/model, write the merged full model to RUN_FOLDER/model-merged"""
 
@@ -217,7 +219,8 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
     if not 0 <= config.min_new_tokens <= config.max_new_tokens:
         raise TrainingError(f"min_new_tokens must be in [0, max_new_tokens={config.max_new_tokens}], got {config.min_new_tokens}")
     trackers = available_trackers(config.trackers)
-    accelerator = make_accelerator(config.gradient_accumulation_steps, cpu=config.cpu, log_with=trackers or None)
+    accelerator = make_accelerator(config.gradient_accumulation_steps, cpu=config.cpu, log_with=trackers or None,
+                                   cpu_bf16=config.cpu_bf16)
     main = accelerator.is_main_process
     run, resumed_step, checkpoint_folder = open_run("ppo", config, main, run=run)
     log = Logger(run if main else None, on_log if main else None, accelerator)
