@@ -244,3 +244,33 @@ def test_prompt_file_rows_without_prompt_name_file_and_record(tmp_path):
     path.write_text('{"prompt": "Tell me about cats."}\n{"question": "no prompt field"}\n')
     with pytest.raises(DataError, match=r"prompts.jsonl, record 1: needs a non-empty 'prompt'"):
         load_prompts(str(path), 2, seed=0)
+
+
+def test_held_out_samples_are_stored_per_evaluation_for_pairing(config):
+    from dataclasses import replace
+
+    run = train_ppo(replace(config, num_iterations=1, eval_every=1, eval_samples_k=1, save_every=0))
+    rows = run.eval_samples()
+    assert [r["step"] for r in rows] == [0, 0, 1, 1]  # 2 held-out prompts, before training and after iteration 1
+    assert [r["prompt"] for r in rows[:2]] == [r["prompt"] for r in rows[2:]]  # the same prompts: pairable
+    assert all(r["kl"] == 0.0 for r in rows[:2])  # before any update the policy is the reference
+    assert all(set(r["totals"]) == {"toxicity"} and r["length"] >= 1 for r in rows)
+    assert {r["step"]: r for r in run.metrics()}[1]["eval/kl"] == pytest.approx(sum(r["kl"] for r in rows[2:]) / 2)
+
+
+def test_cpu_bf16_autocast_keeps_fp32_weights_and_a_first_ratio_of_one(config):
+    from dataclasses import replace
+
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one mixed-precision setting per process (the app runs each training in its own process)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        run = train_ppo(replace(config, cpu_bf16=True, num_iterations=1, ppo_epochs=1, minibatch_size=4))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    row = next(r for r in run.metrics() if r["step"] == 1)
+    assert row["val/ratio"] == pytest.approx(1.0, abs=1e-6) and row["policy/clipfrac_avg"] == 0.0  # old = new pass
+    assert all(math.isfinite(row[k]) for k in ("loss/policy_avg", "loss/value_avg", "objective/kl"))
+    weights = _last_weights(run)
+    assert all(t.dtype == torch.float32 for t in weights.values())
