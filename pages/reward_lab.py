@@ -152,10 +152,13 @@ def preview_panel(model: str) -> None:
         if not st.button("Sample candidates for the preview", key=K("preview_start")):
             return
         bar = st.progress(0.0, text="Sampling and scoring candidates…")
-        bank = lab.candidate_bank(model, state.current_device(),
-                                  on_progress=lambda d, t: bar.progress(d / t, text=f"Sampled and scored prompt {d}/{t}"))
+        bank, skipped = lab.candidate_bank(model, state.current_device(),
+                                           on_progress=lambda d, t: bar.progress(d / t, text=f"Sampled and scored prompt {d}/{t}"))
         st.session_state[K("preview_bank")], st.session_state[K("preview_key")] = bank, key
+        st.session_state[K("preview_skipped")] = skipped
         bar.empty()
+    for name, why in st.session_state.get(K("preview_skipped"), {}).items():
+        st.caption(f"ℹ️ {name} is left out of the preview: {why}")
     t0 = time.perf_counter()
     best, scores = bank.rank({n: w for n, w in weights.items() if n in bank.names})
     ms = 1000 * (time.perf_counter() - t0)

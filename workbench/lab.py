@@ -35,18 +35,25 @@ def heldout_prompts(model: str, n: int = PREVIEW_PROMPTS) -> tuple[list[str], ob
 
 def candidate_bank(model: str, device: str = "cpu", n_prompts: int = PREVIEW_PROMPTS, n: int = PREVIEW_N,
                    on_progress: Callable[[int, int], None] | None = None):
-    """``core.preview.CandidateBank`` of the lab's held-out prompts, sampled as the short PPO samples, every component scored."""
+    """(``core.preview.CandidateBank`` of the lab's held-out prompts sampled as the short PPO samples, with every
+    component that loads scored; {name: why} of those that did not load, e.g. a head built on another encoder)."""
     from core.preview import sample_candidates
     from workbench import scoring, state, training
 
     prompts, config = heldout_prompts(model, n_prompts)
     infos = {c.name: c for c in scoring.available_components()}
-    components = {name: scoring.build_component(name, infos[name].source, infos[name].ref)
-                  for name in training.ppo_reward_specs() if name in infos}
-    return sample_candidates(state.get_policy(model, device), state.get_tokenizer(model), prompts, components, n=n,
+    components, skipped = {}, {}
+    for name in training.ppo_reward_specs():
+        if name in infos:
+            try:
+                components[name] = scoring.build_component(name, infos[name].source, infos[name].ref)
+            except Exception as exc:  # noqa: BLE001 - one unusable model must not take the preview down
+                skipped[name] = (str(exc).splitlines() or [type(exc).__name__])[0]
+    bank = sample_candidates(state.get_policy(model, device), state.get_tokenizer(model), prompts, components, n=n,
                              seed=config.seed, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                              top_k=config.top_k, top_p=config.top_p, chat_template=config.chat_template,
                              max_prompt_tokens=config.max_prompt_tokens, on_progress=on_progress)
+    return bank, skipped
 
 
 def run_weights(run) -> dict[str, float]:
