@@ -24,6 +24,7 @@ SHORT = {"ppo": {"num_iterations": 2, "num_prompts": 2, "batch_size": 2, "miniba
 @pytest.fixture(autouse=True)
 def _tiny_lab(monkeypatch, tiny_model_path, tmp_path):
     from core.rewards import store
+    from core.trainers.rewards_setup import RewardSpec
     from workbench import training
 
     monkeypatch.setenv("RLHF_WORKBENCH_MODEL", "tiny-random-llama")
@@ -31,7 +32,8 @@ def _tiny_lab(monkeypatch, tiny_model_path, tmp_path):
     monkeypatch.setenv("RLHF_WORKBENCH_RUNS", str(tmp_path / "runs"))
     monkeypatch.setattr(store, "reward_models_dir", lambda: tmp_path / "no_reward_models")
     # the two profanity-check components only: fast, and enough to show two weights disagree
-    monkeypatch.setattr(training, "ppo_reward_specs", lambda: {"toxicity": "toxicity", "toxicity_sentence": "toxicity_sentence"})
+    monkeypatch.setattr(training, "ppo_reward_specs",
+                        lambda: {n: RewardSpec("toxicity", n) for n in ("toxicity", "toxicity_sentence")})
 
 
 def _open() -> AppTest:
