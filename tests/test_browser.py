@@ -162,9 +162,9 @@ def _no_error(page) -> None:
 
 def _plot_points(page, title: str) -> int:
     """Number of points of the first trace of the chart titled ``title`` (0 if there is none yet)."""
-    return page.evaluate("""(title) => {
+    return page.evaluate("""(title) => {  // the theme wraps titles in <b>...</b>
         const g = [...document.querySelectorAll('.js-plotly-plot')].find(d => d.layout && d.layout.title &&
-            (d.layout.title.text || '') === title && d.data && d.data.length);
+            (d.layout.title.text || '').replace(/<[^>]*>/g, '') === title && d.data && d.data.length);
         return g ? g.data[0].x.length : 0; }""", title)
 
 
@@ -226,7 +226,7 @@ def test_lab_short_ppo_curve_appears(page, server):
     page.wait_for_selector(".js-plotly-plot")
     # held-out toxicity and perplexity before the first and after the last iteration
     page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].some(d => d.layout && d.layout.title"
-                           " && d.layout.title.text === 'eval/perplexity')", timeout=30_000)
+                           " && (d.layout.title.text || '').includes('eval/perplexity'))", timeout=30_000)
     assert _plot_points(page, "eval/toxicity") == 2 and _plot_points(page, "eval/perplexity") == 2
     page.get_by_text("Step 1 → step 2").wait_for()  # before / after samples
     _no_error(page)
