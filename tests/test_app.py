@@ -132,7 +132,7 @@ def test_explorer_samples_from_the_policy():
         assert len(_charts(at)) == 1
 
 
-def test_job_survives_reruns_page_switches_and_a_second_tab_then_stops():
+def test_job_survives_reruns_page_switches_and_a_second_tab_then_stops(monkeypatch):
     """A training started from one session runs in its own process while sessions rerun and switch pages;
     other tabs see it; its Stop button ends it cleanly (status "stopped", a checkpoint, a Resume button)."""
     import os
@@ -143,7 +143,9 @@ def test_job_survives_reruns_page_switches_and_a_second_tab_then_stops():
     from workbench.jobs import registry
 
     tab1 = _open("reward_lab")
-    config = training.short_ppo("tiny-random-llama", {"toxicity": 1.0}, 0.05, cpu=True, num_iterations=50)
+    # long enough to be stopped even on an idle machine (RLHF_WORKBENCH_SHORT's 2 iterations would win over an argument)
+    monkeypatch.setenv("RLHF_WORKBENCH_SHORT", json.dumps({**SHORT, "ppo": {**SHORT["ppo"], "num_iterations": 200}}))
+    config = training.short_ppo("tiny-random-llama", {"toxicity": 1.0}, 0.05, cpu=True)
     job = registry().start("ppo", config, label="long lab run")
     try:
         tab1.session_state["lab_jobs"] = [job.id]
