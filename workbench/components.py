@@ -212,17 +212,13 @@ def status_pid(run) -> int | None:
 def _pid_alive(pid: int | None) -> bool:
     import os
 
+    from core.runstore import pid_alive
+
     if pid is None:
         return True  # unknown: assume it is going
     if pid == os.getpid():
         return False  # written by this server but no job owns it: a job of an earlier server life
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def metric_names(rows: list[dict]) -> list[str]:
