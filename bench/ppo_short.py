@@ -1,10 +1,11 @@
 """Benchmark: the "short PPO" of the app's reward-weight lab, phase by phase.
 
 What it does: runs `core.trainers.ppo.short_ppo_config()` (SmolLM2-135M-Instruct, LoRA,
-3 iterations x 8 prompts, 24 new tokens) and prints the seconds of each phase per
+3 iterations x 8 prompts, 24 new tokens, held-out evaluation on 4 prompts x 2 samples
+before the first and after the last iteration) and prints the seconds of each phase per
 iteration (generation, forward = old log-probs/values + reference pass, scoring =
-reward components, update = PPO epochs), the total wall time including model loading,
-and which phase dominates. With --ablate it also times the slow alternatives this
+reward components, update = PPO epochs, eval = held-out evaluation), the total wall time
+including model loading, and which phase dominates. With --ablate it also times the slow alternatives this
 trainer avoids, on the same batch:
   - generation without the KV cache (use_cache=False: every new token re-runs the whole prefix);
   - a duplicate forward pass (old log-probs and values recomputed separately);
@@ -45,15 +46,18 @@ def run_short(prompts: str, model: str | None = None, cpu_bf16: bool = False) ->
     overrides = {"prompts": prompts, "cpu_bf16": cpu_bf16, **({"model_name_or_path": model} if model else {})}
     run = train_ppo(short_ppo_config(**overrides), on_log=lambda step, m: rows.append((step, m)))
     wall = time.perf_counter() - t0
-    print(f"{'iter':>4} " + " ".join(f"{p + '_s':>13}" for p in PHASES) + f" {'step_s':>8}")
-    for step, m in rows:
-        print(f"{step:>4} " + " ".join(f"{m[f'time/{p}_s']:>13.2f}" for p in PHASES) + f" {m['time/step_s']:>8.2f}")
-    totals = {p: sum(m[f"time/{p}_s"] for _, m in rows) for p in PHASES}
-    steps = sum(m["time/step_s"] for _, m in rows)
-    print("total " + " ".join(f"{totals[p]:>13.2f}" for p in PHASES) + f" {steps:>8.2f}")
+    print(f"{'iter':>4} " + " ".join(f"{p + '_s':>13}" for p in PHASES) + f" {'eval_s':>8} {'step_s':>8}")
+    for step, m in rows:  # step 0: the held-out evaluation before training only
+        print(f"{step:>4} " + " ".join(f"{m.get(f'time/{p}_s', 0.0):>13.2f}" for p in PHASES)
+              + f" {m.get('time/eval_s', 0.0):>8.2f} {m.get('time/step_s', m.get('time/eval_s', 0.0)):>8.2f}")
+    totals = {p: sum(m.get(f"time/{p}_s", 0.0) for _, m in rows) for p in PHASES}
+    evals = sum(m.get("time/eval_s", 0.0) for _, m in rows)
+    steps = sum(m.get("time/step_s", m.get("time/eval_s", 0.0)) for _, m in rows)
+    print("total " + " ".join(f"{totals[p]:>13.2f}" for p in PHASES) + f" {evals:>8.2f} {steps:>8.2f}")
     dominant = max(totals, key=totals.get)
     print(f"wall time (incl. loading, setup): {wall:.1f} s; dominant phase: {dominant} "
-          f"({100 * totals[dominant] / steps:.0f}% of the iterations)")
+          f"({100 * totals[dominant] / steps:.0f}% of the iterations and evaluations); load average now "
+          f"{os.getloadavg()[0]:.1f}")
     print(f"run: {run.path}")
     return {"wall": wall, **totals}
 

@@ -81,6 +81,7 @@ def evaluate_policy(policy, tokenizer, prompts: list[str], components: dict, *, 
     from core.rewards.tensor import compute_token_rewards
     from core.rewards.toxicity import ProfanityToxicity
     from core.rollout import format_prompts
+    from core.trainers.common import progress
 
     if not prompts:
         return {}, []
@@ -89,7 +90,7 @@ def evaluate_policy(policy, tokenizer, prompts: list[str], components: dict, *, 
     devices, device_type = rng_devices(policy)
     with torch.random.fork_rng(devices=devices, device_type=device_type):
         torch.manual_seed(seed)  # seeds the CPU and every CUDA device
-        for start in range(0, len(repeated), batch_size):
+        for start in progress(range(0, len(repeated), batch_size)):  # the trainer's phase, e.g. "held-out evaluation 1/4"
             chunk = repeated[start:start + batch_size]
             ro = generate(policy, tokenizer, chunk, max_new_tokens=max_new_tokens, temperature=temperature,
                           top_k=top_k, top_p=top_p, chat_template=chat_template, max_prompt_tokens=max_prompt_tokens)

@@ -76,7 +76,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
     _fsync_path(path.parent)
 
 
-def _pid_alive(pid) -> bool:
+def pid_alive(pid) -> bool:
+    """Whether a process with this PID exists (signal 0; a PID we may not signal exists)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -290,7 +291,7 @@ class Run:
         if st.get("status") != "running" or self.writer_alive():
             return st
         taken = (self.path / LOCK_NAME).exists()
-        if taken or not _pid_alive(st.get("pid")):
+        if taken or not pid_alive(st.get("pid")):
             latest = self.latest_checkpoint()
             return {**st, "status": "interrupted", "resumable_from": latest[0] if latest else None,
                     "error": st.get("error") or "the process writing this run ended without finishing it; "

@@ -61,7 +61,8 @@ def job_panel() -> None:
     if job is None or job.kind != "ppo":
         return
     names = list(training.ppo_reward_specs())
-    components.live_curves([job.run_path], ["objective/scores", "objective/kl", "eval/toxicity"] + [f"rewards/{n}" for n in names],
+    components.live_curves([job.run_path], ["objective/scores", "objective/kl", "eval/toxicity", "eval/perplexity"]
+                           + [f"rewards/{n}" for n in names],
                            key_prefix=K(f"live_{job.id}"), live=job.alive, columns=3,
                            header=lambda: components.job_status(job, K("job"), K("jobs")))
 
@@ -124,6 +125,8 @@ def compare_panel() -> None:
     names = list(training.ppo_reward_specs())
     components.draw_curves(picked, ["objective/scores", "objective/kl", "eval/toxicity", "eval/perplexity"] + [f"rewards/{n}" for n in names],
                            columns=3, key_prefix=K("cmp"))
+    st.caption("`eval/toxicity` and `eval/perplexity` (under the reference model) are measured on held-out prompts "
+               "the run never trains on, before the first and after the last iteration: two points per run.")
     st.subheader("Before / after")
     finished = [p for p in picked if (Path(p) / "samples.jsonl").is_file()]
     if finished:

@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "workbench" / "app.py")
 PAGES = {name: str(ROOT / "pages" / f"{name}.py") for name in ("home", "token_explorer", "training_curves", "reward_lab", "preference")}
 SHORT = {
+    # the lab's own held-out evaluation (eval_prompts, eval_every) is kept: its charts ask for eval/toxicity
     "ppo": {"num_iterations": 2, "num_prompts": 2, "batch_size": 2, "minibatch_size": 2, "max_new_tokens": 6,
-            "eval_prompts": 0, "eval_every": 0, "ppo_epochs": 1, "save_every": 0, "prompts": "demo"},
+            "eval_samples_k": 1, "ppo_epochs": 1, "save_every": 0, "prompts": "demo"},
     "preference": {"train_size": 8, "eval_size": 4, "num_steps": 2, "batch_size": 2, "max_length": 96,
                    "max_prompt_length": 48, "gradient_accumulation_steps": 1, "eval_every": 1, "save_every": 100,
                    "num_samples": 1, "cpu": True},
@@ -133,7 +134,7 @@ def test_explorer_samples_from_the_policy():
         assert len(_charts(at)) == 1
 
 
-def test_job_survives_reruns_page_switches_and_a_second_tab_then_stops():
+def test_job_survives_reruns_page_switches_and_a_second_tab_then_stops(monkeypatch):
     """A training started from one session runs in its own process while sessions rerun and switch pages;
     other tabs see it; its Stop button ends it cleanly (status "stopped", a checkpoint, a Resume button)."""
     import os
@@ -144,7 +145,9 @@ def test_job_survives_reruns_page_switches_and_a_second_tab_then_stops():
     from workbench.jobs import registry
 
     tab1 = _open("reward_lab")
-    config = training.short_ppo("tiny-random-llama", {"toxicity": 1.0}, 0.05, cpu=True, num_iterations=50)
+    # long enough to be stopped even on an idle machine (RLHF_WORKBENCH_SHORT's 2 iterations would win over an argument)
+    monkeypatch.setenv("RLHF_WORKBENCH_SHORT", json.dumps({**SHORT, "ppo": {**SHORT["ppo"], "num_iterations": 200}}))
+    config = training.short_ppo("tiny-random-llama", {"toxicity": 1.0}, 0.05, cpu=True)
     job = registry().start("ppo", config, label="long lab run")
     try:
         tab1.session_state["lab_jobs"] = [job.id]
@@ -210,13 +213,23 @@ def test_reward_lab_short_ppo_completes_and_curves_appear():
     assert at.slider(key="lab_w_toxicity") is not None
     at.button(key="lab_start").click().run()
     assert not at.exception
-    job = _wait_for_job("ppo")
+    job = _wait_for_job("ppo", timeout=240)  # a loaded 2-core machine: process start, 2 iterations, 2 evaluations
     assert job.state == "finished", job.error
     assert job.run_path is not None and (job.run_path / "metrics.jsonl").is_file()
     at.run()
     _clean(at)
     assert _charts(at), "the curves of the finished run must appear"
     assert any("finished" in p.proto.text for p in at.get("progress"))
+    # held-out toxicity and perplexity before the first and after the last iteration (the lab's charts ask for them)
+    from core.runstore import Run
+
+    config = Run.open(job.run_path).config
+    assert (config["eval_prompts"], config["eval_every"], config["num_iterations"]) == (2, 2, 2)
+    evals = {r["step"]: r for r in Run.open(job.run_path).metrics() if "eval/toxicity" in r}
+    assert sorted(evals) == [0, 2] and all(0 < evals[s]["eval/perplexity"] < float("inf") for s in evals)
+    drawn = {json.loads(c.proto.spec)["layout"]["title"]["text"]: json.loads(c.proto.spec) for c in _charts(at)}
+    assert {"eval/toxicity", "eval/perplexity"} <= set(drawn), (sorted(drawn))
+    assert all(len(drawn[m]["data"][0]["x"]) == 2 for m in ("eval/toxicity", "eval/perplexity"))  # start and end
 
 
 def test_preference_page_upload_validation_and_short_dpo():

@@ -313,3 +313,43 @@ def test_home_starts_jupyterlab_on_localhost_and_links_to_it(monkeypatch):
     links = [m.value for m in at.markdown if lab.url("") .split("?")[0] in m.value]
     assert links and f"?token={lab.token}" in links[0] and ".ipynb" in links[0]
     monkeypatch.setattr(jupyter, "_LAB", None)
+
+
+# ----------------------------------------------------------------------------- 3. progress of long phases
+
+
+def _job_panel_script():
+    import os
+    from pathlib import Path
+
+    from workbench import components
+    from workbench.jobs import Job
+
+    class Running:  # a training process that is still going
+        returncode = None
+
+        def poll(self):
+            return None
+
+    job = Job(id="t", kind="dpo", label="DPO β=0.1", config=None, run_path=Path(os.environ["PANEL_RUN"]), process=Running())
+    components.job_status(job, "t_job", "t_jobs")
+
+
+def test_job_panel_names_the_long_phase_and_its_progress(tmp_path, monkeypatch):
+    from core.runstore import Run
+
+    run = Run.create("dpo", {"beta": 0.1}, root=tmp_path)
+    monkeypatch.setenv("PANEL_RUN", str(run.path))
+    run.set_status("running", step=0, phase="reference pass", phase_done=37, phase_total=120)
+    at = AppTest.from_function(_job_panel_script, default_timeout=30).run()
+    _clean(at)
+    bars = [p.proto.text for p in at.get("progress")]
+    assert any("step 0/" in b for b in bars) and "reference pass 37/120" in bars
+    assert [p.proto.value for p in at.get("progress") if p.proto.text == "reference pass 37/120"] == [30]  # percent
+    run.set_status("running", phase="loading the model", phase_done=None, phase_total=None)
+    at.run()
+    assert any(c.value == "loading the model…" for c in at.caption)
+    run.set_status("running", step=1, phase=None, phase_done=None, phase_total=None)  # a logged step ends the phase
+    at.run()
+    assert [p.proto.text for p in at.get("progress") if "reference" in p.proto.text] == []
+    assert not any("…" in c.value for c in at.caption)

@@ -1,9 +1,13 @@
 """Real-browser test of the workbench: Playwright drives Debian's Chromium against `streamlit run`.
 
 Starts ``streamlit run workbench/app.py`` on 127.0.0.1 and a free port (tiny random model,
-very short trainings, throw-away run store), then: opens the token reward explorer, moves a
-weight slider and checks the heatmap's values change; starts a short PPO in the reward-weight
-lab and waits for its curve; saves a 1280×800 screenshot of every page under docs/screenshots/.
+very short trainings, a fresh run store), then drives every page from its defaults to a
+result: Home starts JupyterLab and its notebook link answers; the training curves page on the
+empty store says how to start a run; the token reward explorer draws its heatmap and a weight
+slider changes it; the reward-weight lab's short PPO finishes with its held-out toxicity and
+perplexity drawn; the curves page then shows that run and its rollouts; the preference page's
+DPO finishes on its defaults, then SimPO on a 1-pair upload; a 20,000-character response gets
+its message. It saves a 1280×800 screenshot of every page under docs/screenshots/.
 
 Never runs ``playwright install``: it needs /usr/bin/chromium (``apt-get install -y chromium``)
 and skips with that reason when it is missing.
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -30,8 +36,9 @@ SHOTS = ROOT / "docs" / "screenshots"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SHORT = {
+    # the lab's own held-out evaluation is kept (2 demo prompts, before and after): its charts draw it
     "ppo": {"num_iterations": 2, "num_prompts": 2, "batch_size": 2, "minibatch_size": 2, "max_new_tokens": 8,
-            "eval_prompts": 0, "eval_every": 0, "ppo_epochs": 1, "save_every": 0, "prompts": "demo"},
+            "eval_samples_k": 1, "ppo_epochs": 1, "save_every": 0, "prompts": "demo"},
     # no train_size / eval_size: the preference page sizes its split to the data, as for a user
     "preference": {"num_steps": 2, "batch_size": 2, "max_length": 96,
                    "max_prompt_length": 48, "gradient_accumulation_steps": 1, "eval_every": 1, "save_every": 100},
@@ -76,6 +83,7 @@ def server(tmp_path_factory, tiny_model_path):
          "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the trainings and JupyterLab it starts end with it
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -96,6 +104,10 @@ def server(tmp_path_factory, tiny_model_path):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # anything it started that outlived it
+        except ProcessLookupError:
+            pass
         log.close()
 
 
@@ -137,11 +149,57 @@ def _heatmap_total(page) -> list:
     }""")
 
 
+def _no_exception(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def _no_error(page) -> None:
+    """Neither an exception nor an error message (st.error) on the page: what a page's defaults must give."""
+    _no_exception(page)
+    errors = page.locator('[data-testid="stAlertContentError"]')
+    assert errors.count() == 0, errors.all_inner_texts()
+
+
+def _plot_points(page, title: str) -> int:
+    """Number of points of the first trace of the chart titled ``title`` (0 if there is none yet)."""
+    return page.evaluate("""(title) => {  // the theme wraps titles in <b>...</b>
+        const g = [...document.querySelectorAll('.js-plotly-plot')].find(d => d.layout && d.layout.title &&
+            (d.layout.title.text || '').replace(/<[^>]*>/g, '') === title && d.data && d.data.length);
+        return g ? g.data[0].x.length : 0; }""", title)
+
+
+def test_home_starts_jupyterlab_and_its_notebook_link_answers(page, server):
+    _open(page, server, "home")
+    _no_error(page)
+    page.get_by_text("./wb python -m jupyter lab notebooks/").first.wait_for()  # the command by hand
+    page.get_by_role("button", name="Start JupyterLab").click()
+    link = page.locator("a[href*='/lab/tree/'][href*='.ipynb?token=']").first
+    link.wait_for(timeout=30_000)
+    href = link.get_attribute("href")
+    assert re.match(r"http://127\.0\.0\.1:\d+/lab/tree/\S+\.ipynb\?token=[0-9a-f]{32}$", href), href
+    deadline, status = time.time() + 120, None
+    while time.time() < deadline:  # JupyterLab takes a few seconds to start
+        try:
+            status = urllib.request.urlopen(href, timeout=5).status
+            break
+        except OSError:
+            time.sleep(1)
+    assert status == 200, f"the notebook link {href} did not answer"
+    _no_error(page)
+
+
+def test_curves_on_a_fresh_run_store_say_how_to_start_a_run(page, server):
+    _open(page, server, "curves")
+    page.get_by_text("No runs yet.").wait_for()
+    _no_error(page)
+
+
 def test_explorer_slider_changes_heatmap(page, server):
     _open(page, server, "explorer")
     page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].some(d => d.data && d.data[0].type === 'heatmap')")
     before = _heatmap_total(page)
     assert before and any(v for v in before if v is not None)
+    _no_error(page)
     _shot(page, "explorer")
     slider = page.get_by_role("slider").first  # the first weight slider: w · toxicity
     slider.focus()
@@ -166,7 +224,21 @@ def test_lab_short_ppo_curve_appears(page, server):
     page.wait_for_selector("text=finished", timeout=120_000)
     _open(page, server, "lab")
     page.wait_for_selector(".js-plotly-plot")
+    # held-out toxicity and perplexity before the first and after the last iteration
+    page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].some(d => d.layout && d.layout.title"
+                           " && (d.layout.title.text || '').includes('eval/perplexity'))", timeout=30_000)
+    assert _plot_points(page, "eval/toxicity") == 2 and _plot_points(page, "eval/perplexity") == 2
+    page.get_by_text("Step 1 → step 2").wait_for()  # before / after samples
+    _no_error(page)
     _shot(page, "lab")
+
+
+def test_curves_show_the_lab_run_and_its_rollouts(page, server):
+    _open(page, server, "curves")
+    page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].some(d => d.data && d.data.length"
+                           " && d.data[0].type === 'heatmap')", timeout=30_000)  # the rollout browser's token heatmap
+    assert _plot_points(page, "objective/scores") == 2 and _plot_points(page, "eval/toxicity") == 2
+    _no_error(page)
 
 
 def test_screenshots_of_every_page(page, server):
@@ -184,17 +256,13 @@ def test_screenshots_of_every_page(page, server):
         assert (SHOTS / f"{name}.png").is_file()
 
 
-def _no_exception(page) -> None:
-    assert page.locator('[data-testid="stException"]').count() == 0
-
-
 def test_preference_dpo_on_defaults_then_a_one_pair_simpo(page, server):
     """The page's own defaults (demo set, DPO) train; then SimPO on an uploaded file with a single pair."""
     _open(page, server, "preference")
     page.get_by_role("button", name="Run short DPO").click()
     page.get_by_text("'DPO β=0.1' finished.").wait_for(timeout=180_000)
     assert page.get_by_text("'DPO β=0.1' failed").count() == 0
-    _no_exception(page)
+    _no_error(page)
     page.get_by_text("upload a .jsonl", exact=True).click()
     pair = {"prompt": "What is 2 + 2?", "chosen": "It is 4.", "rejected": "No idea."}
     page.locator('input[type="file"]').set_input_files(
@@ -203,7 +271,7 @@ def test_preference_dpo_on_defaults_then_a_one_pair_simpo(page, server):
     page.get_by_text("SimPO", exact=True).click()
     page.get_by_role("button", name="Run short SimPO").click()
     page.get_by_text("'SimPO β=2' finished.").wait_for(timeout=180_000)
-    _no_exception(page)
+    _no_error(page)
 
 
 def test_explorer_long_texts(page, server):

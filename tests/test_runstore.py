@@ -12,7 +12,8 @@ import torch
 from core.checkpoint import load_optimizer_tensors, load_trainable_state_dict, rng_state, set_rng_state, trainable_state_dict
 from core.metrics import describe, is_defined
 from core.runstore import Run, RunStoreError, list_runs
-from core.trainers.common import Logger, NonFiniteLossError, check_finite, run_guard
+from core.trainers import common
+from core.trainers.common import Logger, NonFiniteLossError, check_finite, progress, run_guard, set_phase
 
 
 @dataclass
@@ -92,6 +93,33 @@ def test_run_guard_marks_failure_and_keeps_metrics(tmp_path):
     status = run.status()
     assert status["status"] == "failed" and "step 2" in status["error"]
     assert len(run.metrics()) == 1
+
+
+def test_phase_progress_is_throttled_and_ended_by_a_logged_step(tmp_path, monkeypatch):
+    run = Run.create("dpo", Cfg(), root=tmp_path)
+    writes = []
+    set_status = Run.set_status
+    monkeypatch.setattr(Run, "set_status", lambda self, *a, **kw: (writes.append(kw.get("phase_done")), set_status(self, *a, **kw))[1])
+    set_phase("reference pass")  # outside run_guard: nothing is written
+    assert list(progress(range(3))) == [0, 1, 2] and writes == []
+    with run_guard(run):
+        set_phase("reference pass")
+        assert run.status()["phase"] == "reference pass" and run.status()["phase_total"] is None
+        seen = []
+        monkeypatch.setattr(common, "PHASE_WRITE_INTERVAL_S", 60.0)  # 50 items within the interval: first and last written
+        for i in progress(range(50)):
+            seen.append(i)
+            assert run.status()["phase_done"] == 0 and run.status()["phase_total"] == 50
+        assert seen == list(range(50))
+        assert (run.status()["phase_done"], run.status()["phase_total"]) == (50, 50)
+        assert writes == [None, 0, 50]
+        monkeypatch.setattr(common, "PHASE_WRITE_INTERVAL_S", 0.0)  # interval passed at every item: each one written
+        assert list(progress(range(3))) == [0, 1, 2] and writes[3:] == [0, 1, 2, 3]
+        del writes[3:]
+        Logger(run)(1, {"loss": 0.5})
+        assert run.status()["phase"] is None and run.status()["step"] == 1
+        assert list(progress(range(2))) == [0, 1] and len(writes) == 4  # no phase after a step: only the Logger wrote
+    assert run.status()["status"] == "finished" and run.status()["phase"] is None
 
 
 def test_open_deleted_run_is_clear(tmp_path):

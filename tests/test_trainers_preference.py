@@ -190,6 +190,27 @@ def test_dpo_trains_from_log2_and_changes_parameters(tiny_model_path, pairs_file
     assert not torch.equal(initial[name], final[name])
 
 
+def test_dpo_reports_its_phases_with_counts(tiny_model_path, pairs_file, monkeypatch):
+    from core.runstore import Run
+    from core.trainers.dpo import train_dpo
+
+    phases = []
+    set_status = Run.set_status
+
+    def spy(self, status, error=None, **extra):
+        if extra.get("phase"):
+            phases.append((extra["phase"], extra.get("phase_done"), extra.get("phase_total")))
+        set_status(self, status, error, **extra)
+
+    monkeypatch.setattr(Run, "set_status", spy)
+    run = train_dpo(_dpo_config(tiny_model_path, pairs_file, num_steps=1, eval_batch_size=2))
+    # 8 training pairs in batches of 2: "reference pass 0/4" ... "4/4"; the page shows the last one written
+    assert ("reference pass", 0, 4) in phases and ("reference pass", 4, 4) in phases
+    assert ("reference pass, held-out pairs", 1, 1) in phases and ("held-out evaluation", 1, 1) in phases
+    assert [p[0] for p in phases][:2] == ["loading and tokenising the data", "loading the model"]
+    assert run.status()["status"] == "finished" and run.status()["phase"] is None
+
+
 def test_ipo_and_conservative_dpo(tiny_model_path, pairs_file):
     from core.trainers.dpo import train_dpo
 

@@ -212,17 +212,13 @@ def status_pid(run) -> int | None:
 def _pid_alive(pid: int | None) -> bool:
     import os
 
+    from core.runstore import pid_alive
+
     if pid is None:
         return True  # unknown: assume it is going
     if pid == os.getpid():
         return False  # written by this server but no job owns it: a job of an earlier server life
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def metric_names(rows: list[dict]) -> list[str]:
@@ -320,6 +316,13 @@ def job_status(job, key_prefix: str, jobs_key: str) -> None:
         frac = min(done / total, 1.0) if total else 0.0
         what = "stopping after this step…" if state == "stopping" else "running in its own process; switching pages or tabs is safe"
         cols[0].progress(frac, text=f"'{job.label}': step {done}/{total or '?'} after {time.time() - job.started:.0f} s ({what})")
+        phase = job.phase if state == "running" else None
+        if phase is not None:  # a long phase between steps: loading, reference pass, feature extraction, evaluation
+            name, phase_done, phase_total = phase
+            if phase_total:
+                cols[0].progress(min(phase_done or 0, phase_total) / phase_total, text=f"{name} {phase_done or 0}/{phase_total}")
+            else:
+                cols[0].caption(f"{name}…")
         if cols[1].button("Stop", key=f"{key_prefix}_stop_{job.id}", disabled=state == "stopping", width="stretch",
                           help="Stop after the current step; a checkpoint is saved and the run can be resumed."):
             registry().stop(job)  # the next poll shows "stopping…", then the stopped run

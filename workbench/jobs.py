@@ -107,6 +107,17 @@ class Job:
         return int(step) if isinstance(step, (int, float)) else None
 
     @property
+    def phase(self) -> tuple[str, int | None, int | None] | None:
+        """(name, done, total) of the phase the running training reports (``core.trainers.common.set_phase``),
+        e.g. ("reference pass", 37, 120); done/total are None for a phase without a count; None between phases."""
+        status = self._status()
+        name = status.get("phase") if status.get("status") == "running" else None
+        if not name:
+            return None
+        count = lambda k: int(status[k]) if isinstance(status.get(k), (int, float)) else None  # noqa: E731
+        return str(name), count("phase_done"), count("phase_total")
+
+    @property
     def total_steps(self) -> int | None:
         total = getattr(self.config, "num_iterations", None) or getattr(self.config, "num_steps", None)
         return int(total) if total else None

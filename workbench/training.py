@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 SHORT_ENV = "RLHF_WORKBENCH_SHORT"
 
@@ -65,16 +66,21 @@ def short_ppo(model: str, weights: dict[str, float], kl_coef: float, **extra):
     names = [n for n, w in weights.items() if w != 0.0 and n in specs] or [n for n in weights if n in specs][:1]
     from core.paths import shared_data_dir
 
+    # Davidson openings need the real data; the 8 demo prompts are split 6 for training, 2 held out
+    data = {} if shared_data_dir().is_dir() else {"prompts": "demo", "num_prompts": 6, "eval_prompts": 2}
     overrides = {
         "model_name_or_path": model,
-        **({} if shared_data_dir().is_dir() else {"prompts": "demo"}),  # Davidson openings need the real data
+        **data,
         "rewards": format_rewards(specs[n] for n in names),  # refuses a name or folder that would not read back
         "weights": ",".join(f"{n}={weights[n]:g}" for n in names),
         "kl_coef": float(kl_coef),
         **extra,
         **env_overrides("ppo"),
     }
-    return build("ppo", overrides, base=short_ppo_config())
+    config = build("ppo", overrides, base=short_ppo_config())
+    if config.eval_every and config.eval_prompts:  # held-out toxicity/perplexity before the first and after the last iteration
+        config = replace(config, eval_every=config.num_iterations)
+    return config
 
 
 def preference(algorithm: str, model: str, dataset: str, beta: float, label_smoothing: float = 0.0,

@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from core.trainers.common import TrainingError
+from core.trainers.common import TrainingError, progress
 
 
 # ----------------------------------------------------------------------------- tokenisation
@@ -279,7 +279,7 @@ def pair_logps(model, examples: list[PreferenceExample], batch_size: int, pad_id
     rows, keep = [], set(keep)
     autocast = accelerator.autocast() if accelerator else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
-        for start in range(0, len(order), batch_size):
+        for start in progress(range(0, len(order), batch_size)):  # the caller's phase, e.g. "reference pass 3/40"
             idx = order[start:start + batch_size]
             batch = collate_preferences([examples[i] for i in idx], pad_id)
             per_token, _ = completion_forward(model, batch)  # (2b, K)

@@ -17,6 +17,11 @@ would otherwise be copied into each of them.
   ``learning_rate_at``: the warm-up schedule as a pure function of the step.
 - ``Logger``: forwards metrics to the run store, the ``on_log`` callback and, when
   configured, ``accelerate`` trackers (TensorBoard, W&B, trackio).
+- ``set_phase(name)`` / ``progress(iterable)``: the phase a trainer is in between logged
+  steps ("loading the model", "reference pass", "held-out evaluation") and how far it is,
+  written to the run's ``status.json`` (``phase``, ``phase_done``, ``phase_total``) at most
+  once a second, so that the app can show "reference pass 37/120"; the next logged step
+  ends the phase.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import contextlib
 import math
 import random
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -144,21 +150,60 @@ def stop_honoured() -> bool:
     return _STOP_HONOURED.is_set()
 
 
+_PHASE: dict = {"run": None, "name": None, "written": 0.0}  # the run inside run_guard (main process) and its phase
+PHASE_WRITE_INTERVAL_S = 1.0  # progress() writes status.json at most this often
+NO_PHASE = {"phase": None, "phase_done": None, "phase_total": None}
+
+
+def set_phase(name: str | None, done: int | None = None, total: int | None = None) -> None:
+    """Name the phase the running training is in, e.g. ``set_phase("reference pass")``; None ends it.
+
+    Written at once to status.json (``phase``, ``phase_done``, ``phase_total``) of the run
+    inside ``run_guard``; a no-op outside it (and so on non-main DDP processes, which have no run).
+    """
+    run = _PHASE["run"]
+    _PHASE["name"] = name
+    if run is None:
+        return
+    try:
+        run.set_status("running", phase=name, phase_done=done, phase_total=total)
+    except RunStoreError:  # the folder was deleted under a running training: training goes on
+        pass
+    _PHASE["written"] = time.monotonic()
+
+
+def progress(iterable, total: int | None = None):
+    """Yield the items of ``iterable``, reporting "current phase i/total" (``set_phase``) as it goes:
+    at the first and the last item and at most once a second in between. A no-op when no phase is set."""
+    if total is None:
+        total = len(iterable) if hasattr(iterable, "__len__") else None
+    name = _PHASE["name"]
+    for i, item in enumerate(iterable):
+        if _PHASE["run"] is not None and name is not None and (
+                i == 0 or time.monotonic() - _PHASE["written"] >= PHASE_WRITE_INTERVAL_S):
+            set_phase(name, i, total)
+        yield item
+    if name is not None and _PHASE["name"] == name and total:
+        set_phase(name, total, total)
+
+
 @contextlib.contextmanager
 def run_guard(run: Run):
     """Mark ``run`` finished on success (stopped if it ended on a stop request), failed (with the reason)
-    on any exception, then re-raise."""
+    on any exception, then re-raise. Inside it, ``set_phase`` and ``progress`` report to ``run``."""
     _STOP_HONOURED.clear()
+    _PHASE.update(run=run, name=None, written=0.0)
     try:
         yield run
     except BaseException as exc:
-        run.set_status("failed", error=explain_exception(exc))
+        run.set_status("failed", error=explain_exception(exc), **NO_PHASE)
         raise
     else:
-        run.set_status("stopped" if _STOP_HONOURED.is_set() else "finished")
+        run.set_status("stopped" if _STOP_HONOURED.is_set() else "finished", **NO_PHASE)
     finally:
         _STOP.clear()
         _STOP_HONOURED.clear()
+        _PHASE.update(run=None, name=None)
         run.release_writer()  # the final status is written: another process may take the run
 
 
@@ -175,7 +220,8 @@ class Logger:
         metrics = {k: float(v) for k, v in metrics.items()}
         if self.run is not None:
             self.run.log_metrics(step, metrics)
-            self.run.set_status("running", step=step)
+            self.run.set_status("running", step=step, **NO_PHASE)  # a logged step ends any phase
+            _PHASE["name"] = None
         if self.accelerator is not None and self.accelerator.trackers:
             self.accelerator.log(metrics, step=step)
         if self.on_log is not None:

@@ -48,7 +48,7 @@ from typing import Literal
 from core.models import DEFAULT_MODEL
 from core.runstore import Run
 from core.trainers.common import (Logger, OnLog, TrainingError, adamw, check_finite, open_run, resumed_config, run_guard,
-                                  seed_everything, stop_honoured, stop_requested)
+                                  seed_everything, set_phase, stop_honoured, stop_requested)
 
 
 @dataclass
@@ -167,6 +167,7 @@ def evaluate(model, examples, ref, config: DPOConfig, tokenizer, accelerator=Non
     """Held-out metrics (``eval/...``) and the sample rows for samples.jsonl."""
     from core.trainers.batching import pair_logps, token_strings
 
+    set_phase("held-out evaluation")
     average = config.loss_type == "ipo"
     keep = range(min(config.num_samples, len(examples)))
     model.eval()
@@ -227,6 +228,7 @@ def train_dpo(config: DPOConfig, on_log: OnLog | None = None, *, run: Run | None
         seed_everything(config.seed)
 
         # ---- 2. data: records -> (train, held-out) by prompt -> token ids, drops counted; the order is f(seed, step)
+        set_phase("loading and tokenising the data")
         tokenizer = load_tokenizer(config.model_name_or_path)
         records = load_preference_records(config.dataset)
         train, held_out, dropped = train_eval_examples(tokenize_preferences, tokenizer, records, config)
@@ -237,12 +239,15 @@ def train_dpo(config: DPOConfig, on_log: OnLog | None = None, *, run: Run | None
 
         # ---- 3. policy: fp32 trainable weights (bf16 autocast on GPU): full fine-tune, or LoRA on a bf16/fp32 backbone;
         #      dropout off (policy and reference log-probs must come from the same deterministic model)
+        set_phase("loading the model")
         lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
         model = load_trainable_model(config.model_name_or_path, lora=lora, device=accelerator.device)
         model.config.use_cache = False
 
         # ---- 4. reference log-probs, once, for every train and held-out pair (the reference is frozen)
+        set_phase("reference pass")  # the page shows "reference pass 37/120" (batches)
         ref_train = reference_logps(model, train, config, tokenizer.pad_token_id, accelerator)
+        set_phase("reference pass, held-out pairs")
         ref_eval = reference_logps(model, held_out, config, tokenizer.pad_token_id, accelerator,
                                    keep=range(min(config.num_samples, len(held_out))))
         ref_chosen_all, ref_rejected_all = ref_train[0], ref_train[1]

@@ -67,7 +67,7 @@ from core.rollout import generate, score_tokens
 from core.runstore import Run
 from core.trainers.batching import iteration_generator, iteration_prompts, ptx_batch
 from core.trainers.common import (Logger, TrainingError, adamw, available_trackers, check_finite, open_run, resumed_config,
-                                  run_guard, seed_everything, stop_honoured, stop_requested)
+                                  progress, run_guard, seed_everything, set_phase, stop_honoured, stop_requested)
 from core.trainers.ppo_logging import UPDATE_STATS, iteration_metrics, sample_records
 from core.value_head import build_policy_with_value, reference_policy
 
@@ -181,8 +181,9 @@ class PPOConfig:
 
 
 def short_ppo_config(**overrides) -> PPOConfig:
-    """The "short PPO" of the app's reward-weight lab: default model, LoRA, 3 iterations on 8 prompts, 24 tokens (< 60 s on 2 CPU cores)."""
-    short = PPOConfig(num_prompts=8, eval_prompts=0, eval_every=0, batch_size=8, minibatch_size=8,
+    """The "short PPO" of the app's reward-weight lab: default model, LoRA, 3 iterations on 8 prompts, 24 tokens;
+    held-out toxicity/perplexity on 4 prompts x 2 samples before and after (< 60 s on 2 idle CPU cores)."""
+    short = PPOConfig(num_prompts=8, eval_prompts=4, eval_every=3, batch_size=8, minibatch_size=8,
                       ppo_epochs=2, num_iterations=3, max_new_tokens=24, save_every=0, learning_rate=3e-4)
     return replace(short, **overrides)
 
@@ -227,6 +228,7 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
 
     with run_guard(run) if main else contextlib.nullcontext():
         # ---- 0. setup: data, rewards, models, optimizer, resume
+        set_phase("loading the data and the models")
         seed_everything(config.seed + accelerator.process_index)
         prompts = load_prompts(config.prompts, config.num_prompts + config.eval_prompts, config.seed)
         train_prompts, eval_prompts = prompts[:config.num_prompts], prompts[config.num_prompts:]
@@ -264,6 +266,7 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
             return metrics
 
         if main and start == 1 and config.eval_every and eval_prompts:
+            set_phase("held-out evaluation")
             t0 = time.perf_counter()
             log(0, {**evaluate(0), "time/eval_s": time.perf_counter() - t0})
 
@@ -276,6 +279,7 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
 
             # ---- 1. rollout: sample, then ONE pass for old log-probs + values, ONE for reference log-probs
             batch_prompts = iteration_prompts(train_prompts, config.batch_size, g)
+            set_phase(f"iteration {iteration}: generating responses")
             t0 = time.perf_counter()
             with accelerator.autocast():  # bf16 compute on CUDA for the unwrapped policy too, as in the prepared model
                 rollout = generate(policy, tokenizer, batch_prompts, max_new_tokens=config.max_new_tokens,
@@ -284,6 +288,7 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
                                    chat_template=config.chat_template, device=accelerator.device)
             t_generation = time.perf_counter() - t0
             t0 = time.perf_counter()
+            set_phase(f"iteration {iteration}: old and reference log-probs, rewards")
             mask = rollout.response_mask  # (B, R)
             model.train()  # old log-probs and the update in the same mode (and dropout is off: build_models)
             old = score_tokens(model, rollout, config.temperature, with_entropy=True, no_grad=True)
@@ -313,7 +318,8 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
             stats = {k: [] for k in UPDATE_STATS}
             early_stopped = False
             micro_size = config.minibatch_size // config.gradient_accumulation_steps
-            for epoch in range(config.ppo_epochs):
+            set_phase(f"iteration {iteration}: PPO update (epochs)")
+            for epoch in progress(range(config.ppo_epochs)):
                 permutation = torch.randperm(len(rollout), generator=g)
                 for mb_start in range(0, len(rollout), config.minibatch_size):
                     for micro in permutation[mb_start:mb_start + config.minibatch_size].split(micro_size):
@@ -361,6 +367,7 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
 
                 # ---- 7. evaluate on held-out prompts, then checkpoint
                 if config.eval_every and eval_prompts and iteration % config.eval_every == 0:
+                    set_phase("held-out evaluation")
                     t0 = time.perf_counter()
                     metrics.update(evaluate(iteration))
                     metrics["time/eval_s"] = time.perf_counter() - t0

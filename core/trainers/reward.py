@@ -56,7 +56,7 @@ from core.cli import entry_point
 from core.models import DEFAULT_MODEL
 from core.runstore import Run
 from core.trainers.common import (Logger, OnLog, TrainingError, adamw, available_trackers, check_finite, resumed_config, run_guard,
-                                  seed_everything, stop_requested)
+                                  progress, seed_everything, set_phase, stop_requested)
 
 
 @dataclass
@@ -175,7 +175,7 @@ def _cache_features(model, tokenizer, texts: list[str], config, device, desc: st
     feats: dict[str, torch.Tensor] = {}
     bs = config.feature_batch_size
     with torch.no_grad():
-        for i in tqdm(range(0, len(unique), bs), desc=desc, disable=not config.progress or rank > 0, leave=False):
+        for i in progress(tqdm(range(0, len(unique), bs), desc=desc, disable=not config.progress or rank > 0, leave=False)):
             batch = unique[i : i + bs]
             enc = encode(tokenizer, batch, config.max_length)
             mask = enc["attention_mask"].to(device)
@@ -213,11 +213,12 @@ def _evaluate(scorer, tokenizer, chosen, rejected, config, device, feats=None, a
         return {}
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     mine = list(range(rank, len(chosen), world))
+    set_phase("held-out evaluation")
     scorer.eval()
     rows = []
     with torch.no_grad():
         bs = config.feature_batch_size if feats is None else 4096
-        for i in range(0, len(mine), bs):
+        for i in progress(range(0, len(mine), bs)):
             idx = mine[i : i + bs]
             c, r, _ = _pair_scores(scorer, tokenizer, [chosen[j] for j in idx], [rejected[j] for j in idx], config, device,
                                    feats, idx)
@@ -285,12 +286,14 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None, *, run
         log = Logger(run, on_log if main else None, accelerator)
 
         # 1. data --------------------------------------------------------------------------
+        set_phase("loading the data")
         records, separator = _load_pairs(config)
         train, held_out = split(records, config.eval_fraction, seed=config.seed)
         if len(train) < 2:
             raise TrainingError(f"only {len(train)} training pairs in {config.dataset!r}; raise limit or lower eval_fraction")
 
         # 2. model -------------------------------------------------------------------------
+        set_phase("loading the model")
         tokenizer = load_tokenizer(config.model_name_or_path)
         # fp32 trainable weights (core.models.load_trainable_model), dropout off; a frozen backbone is loaded in fp32
         lora = LoraSettings(r=config.lora_r, alpha=2 * config.lora_r) if config.use_lora and not config.freeze_backbone else None
@@ -318,6 +321,7 @@ def train_reward_model(config: RewardConfig, on_log: OnLog | None = None, *, run
                 train_feats, eval_feats = (f["train_c"], f["train_r"]), (f["eval_c"], f["eval_r"])
             else:
                 model.eval()
+                set_phase("feature extraction")  # frozen backbone: one forward pass per text, batched
                 both = _cache_features(model, tokenizer, train_c + train_r + eval_c + eval_r, config, device, "features",
                                        accelerator)
                 n, m = len(train_c), len(eval_c)

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 from core.models import DEFAULT_MODEL
 from core.runstore import Run
 from core.trainers.common import (Logger, OnLog, TrainingError, adamw, check_finite, open_run, resumed_config, run_guard,
-                                  seed_everything, stop_honoured, stop_requested)
+                                  seed_everything, set_phase, stop_honoured, stop_requested)
 
 
 @dataclass
@@ -144,6 +144,7 @@ def evaluate(model, examples, config: SimPOConfig, tokenizer, accelerator=None):
     """Held-out metrics (``eval/...``) and the sample rows for samples.jsonl."""
     from core.trainers.batching import pair_logps, token_strings
 
+    set_phase("held-out evaluation")
     keep = range(min(config.num_samples, len(examples)))
     model.eval()
     chosen, rejected, per_token = pair_logps(model, examples, config.eval_batch_size, tokenizer.pad_token_id, accelerator, keep)
@@ -199,6 +200,7 @@ def train_simpo(config: SimPOConfig, on_log: OnLog | None = None, *, run: Run | 
         seed_everything(config.seed)
 
         # ---- 2. data: records -> (train, held-out) by prompt -> token ids, drops counted; the order is f(seed, step)
+        set_phase("loading and tokenising the data")
         tokenizer = load_tokenizer(config.model_name_or_path)
         records = load_preference_records(config.dataset)
         train, held_out, dropped = train_eval_examples(tokenize_preferences, tokenizer, records, config)
@@ -209,6 +211,7 @@ def train_simpo(config: SimPOConfig, on_log: OnLog | None = None, *, run: Run | 
 
         # ---- 3. policy: fp32 trainable weights (bf16 autocast on GPU): full fine-tune, or LoRA on a bf16/fp32 backbone;
         #      dropout off (policy and reference log-probs must come from the same deterministic model)
+        set_phase("loading the model")
         lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
         model = load_trainable_model(config.model_name_or_path, lora=lora, device=accelerator.device)
         model.config.use_cache = False
