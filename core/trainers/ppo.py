@@ -257,11 +257,12 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
             set_rng_state(state["rng"])
 
         def evaluate(step: int) -> dict:  # held-out metrics; the samples go to eval_samples.jsonl (paired by core.paired)
-            metrics, samples = evaluate_policy(
-                policy, tokenizer, eval_prompts, components, reference=reference, k=config.eval_samples_k,
-                max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k,
-                top_p=config.top_p, seed=config.seed, chat_template=config.chat_template,
-                max_prompt_tokens=config.max_prompt_tokens)
+            with accelerator.autocast():  # sampled in the same precision as the training rollouts
+                metrics, samples = evaluate_policy(
+                    policy, tokenizer, eval_prompts, components, reference=reference, k=config.eval_samples_k,
+                    max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k,
+                    top_p=config.top_p, seed=config.seed, chat_template=config.chat_template,
+                    max_prompt_tokens=config.max_prompt_tokens)
             run.log_eval_samples(step, samples)
             return metrics
 
