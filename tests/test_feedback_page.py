@@ -129,7 +129,11 @@ def test_create_sample_label_span_correct_skip_export_and_train(tmp_path):
     at.run()
     _clean(at)
     assert any("listed in the token explorer" in s.value for s in at.success)
-    # the saved model is offered for agreement with the annotators, and scores every response
+    # the saved model is offered for agreement with the annotators (beside the shipped ones), and scores every response
+    pick = at.selectbox(key=f"fs_rm_pick_{pid}")
+    trained = [o for o in pick.options if o.endswith("feedback-typed")]
+    assert trained, pick.options
+    pick.select(trained[0]).run()
     at.button(key=f"fs_rm_score_{pid}").click().run()
     _clean(at)
     folder, scores = at.session_state[f"fs_rm_scores_{pid}"]
