@@ -166,9 +166,9 @@ def test_failed_and_empty_runs_are_hidden_unless_asked_for():
 
 
 def components_label(run) -> str:
-    from workbench.components import run_label
+    from workbench.components import label_for_path
 
-    return run_label(run)
+    return label_for_path(run.path)  # what the pickers show
 
 
 def test_sidebar_shows_a_run_that_appears_after_the_page_opened():

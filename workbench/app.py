@@ -61,7 +61,7 @@ def sidebar() -> None:
     sb.markdown("### Runs")
     runs = components.all_runs()
     paths = [str(r.path) for r in runs]
-    labels = {str(r.path): components.run_label(r) for r in runs}
+    labels = {str(r.path): components.picker_label(r) for r in runs}
     if not paths:
         st.session_state.pop("frame_run", None)
     elif st.session_state.get("frame_run") not in paths:

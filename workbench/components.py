@@ -127,10 +127,17 @@ def safe_status(run) -> dict:
         return {"status": "starting" if exists else "deleted", "step": 0}
 
 
+def picker_label(run) -> str:
+    """A picker's label for a run: stable while the run goes on (a widget matches a choice by its label, so a label
+    that changed from "running" to "stopped" would lose the selection); only a failed run says so."""
+    label = run_label(run, status=False)
+    return f"{label} · failed" if safe_status(run).get("status") == "failed" else label
+
+
 def label_for_path(path) -> str:
     from core.runstore import Run
 
-    return run_label(Run(Path(path)))
+    return picker_label(Run(Path(path)))
 
 
 def is_hidden(run) -> bool:
