@@ -19,9 +19,8 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "workbench" / "app.py")
-PAGES = {name: str(ROOT / "pages" / f"{name}.py") for name in ("home", "token_explorer", "training_curves", "reward_lab", "preference")}
+from test_app import PAGES, _clean, _open  # noqa: E402  (the app tests' helpers: open a page, no errors)
+
 # Short, but the held-out and train sizes are the page's own (no eval_size / train_size override).
 SHORT = {"preference": {"num_steps": 1, "batch_size": 2, "max_length": 96, "max_prompt_length": 48,
                         "gradient_accumulation_steps": 1, "eval_every": 1, "save_every": 100, "num_samples": 1, "cpu": True}}
@@ -37,20 +36,6 @@ def _tiny_app(monkeypatch, tiny_model_path, tmp_path):
     except ImportError:
         return
     monkeypatch.setattr(store, "reward_models_dir", lambda: tmp_path / "no_reward_models")
-
-
-def _open(page: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    if page != "home":
-        at.switch_page(PAGES[page])
-        at.run()
-    return at
-
-
-def _clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 def _train_and_wait(at: AppTest, kind: str, timeout: float = 120.0):

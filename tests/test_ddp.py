@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_trainers_preference import PAIRS  # the same ten short pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).with_name("ddp_train.py")
@@ -120,18 +121,6 @@ def assert_checkpoint_is(run, tensors: dict) -> None:
         assert torch.equal(value.float(), final[name]), name
 
 
-PAIRS = [
-    ("What colour is the sky?", "Blue, on a clear day.", "Green."),
-    ("Name a fruit.", "An apple.", "A chair is a fruit."),
-    ("How many legs has a cat?", "Four.", "Seven, usually."),
-    ("Say hello politely.", "Hello, nice to meet you!", "Go away."),
-    ("What is 2 + 2?", "It is 4.", "It is 5."),
-    ("Capital of France?", "Paris.", "Berlin, I think."),
-    ("Is water wet?", "Water makes things wet.", "No."),
-    ("Give me a colour.", "Red.", "Seventeen."),
-    ("Name a planet.", "Mars.", "The Moon is a planet."),
-    ("What do bees make?", "Honey.", "Cheese."),
-]
 
 
 def test_dpo_two_processes_agree_and_only_main_writes(tiny_model_path, tmp_path):
