@@ -6,7 +6,8 @@ What it does: one test per `notebooks/*.ipynb` (new notebooks are picked up auto
    the `python3` kernel;
 2. runs the `.ipynb` top to bottom with nbclient, working directory `notebooks/`, in a `python3` kernel
    launched with this interpreter (`sys.executable`, the venv's Python), offline (`HF_HUB_OFFLINE=1`), with
-   the project root on `PYTHONPATH`. Any failing cell fails the test; the notebooks end with
+   the project root on `PYTHONPATH` and `RLHF_WORKBENCH_SOLUTIONS=1` (the exercises use the reference
+   solutions in `notebooks/solutions/`, and the notebooks' own assertions grade them). Any failing cell fails the test; the notebooks end with
    `assert_close(mine, core_value)` checks.
 
 What it leaves out: judging the teaching text. Regenerate a notebook after editing its source with
@@ -69,6 +70,7 @@ def test_notebook_in_sync_and_runs(path, monkeypatch):
             assert not cell.outputs and cell.execution_count is None, f"{path.name} stores outputs; strip them"
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RLHF_WORKBENCH_SOLUTIONS", "1")  # the exercises are filled in with notebooks/solutions/
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])))
     km = KernelManager(kernel_name="python3", kernel_spec_manager=_ThisPythonKernelSpecs())
