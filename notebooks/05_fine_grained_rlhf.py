@@ -57,7 +57,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import copy
 import html
-import re
 from pathlib import Path
 
 import numpy as np

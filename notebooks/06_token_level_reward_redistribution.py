@@ -17,54 +17,69 @@
 # **What this notebook is.** Reward redistribution (Li et al. 2024, "R3HF: Reward Redistribution for Enhancing
 # Reinforcement Learning from Human Feedback", arXiv 2411.08302, later "RED"): turn the single score of a holistic
 # reward model into a reward on every token, without new labels, by reading the reward model on every prefix of the
-# response. Derived, computed by hand with a slow prefix-by-prefix loop, checked against the one-pass batched
-# version in `core.rewards.redistribution`, and set beside the fine-grained sentence rewards of notebook 5.
+# response. Derived, shown to be **potential-based reward shaping** (Ng et al. 1999), computed by you on a synthetic
+# reward model whose per-token effects are known, checked against `core.rewards.redistribution`, applied to the
+# project's shipped HH-RLHF reward model, and then the question that matters for training: when does per-token
+# credit change what PPO learns?
 #
 # **Learning goals.** After this notebook you can
 # 1. derive $r_t = R(x, y_{\le t}) - R(x, y_{<t})$ and show by telescoping that the token rewards sum to the holistic
-#    score (minus the prompt-only score $R(x)$, a baseline that does not change the policy gradient);
-# 2. explain why one forward pass of a causal reward model, with its score head read at every position, gives all
-#    prefix scores at once, and check it against the slow loop;
-# 3. move token rewards from the reward model's tokens to the policy's through character spans, keeping the sum;
-# 4. compare RED's dense, learned-from-holistic credit with fine-grained rewards (one per sentence, from span labels),
-#    and see that summing RED over a sentence gives a sentence-level "difference of prefix scores" reward, the same
-#    construction as the sentence-level detox reward of notebook 5.
+#    score minus the prompt-only score $R(x)$ (at any length, with windowed scoring);
+# 2. show that this is potential-based shaping of the sparse reward with $\Phi(s_t) = R(x, y_{<t})$, so the return
+#    changes only by $\Phi$ of the start state and the optimal policy is unchanged;
+# 3. explain why one forward pass of a causal reward model gives all prefix scores, and move token rewards onto the
+#    policy's tokens keeping the sum;
+# 4. predict when redistribution changes learning: with $\gamma = \lambda = 1$ it only changes the baseline, with
+#    $\lambda < 1$ (a critic, GAE) the advantages differ, and RED with critic $V$ is sparse with critic $V + \Phi$.
 #
-# **What it leaves out.** Training the reward model and the PPO run with RED rewards (`core.trainers.ppo` with a
-# redistributed reward component), and the paper's optional reshaping of $r_t$. By default the reward model is the
-# random `tiny-random-llama` with a random score head: its numbers are **arbitrary**, but every identity below is
-# exact. Set `USE_TRAINED_RM = True` to use a trained holistic reward model from `core.rewards.store` instead (much
-# slower on a CPU: one forward pass of SmolLM2-135M per response token). Runs in seconds on CPU with the default.
+# **Exercises.** 6.1 RED rewards from prefix scores; 6.2 potential-based shaping; 6.3 GAE with $\lambda$. Each is
+# graded in the cell after it (against `core`, or against the known per-token effects).
 #
-# **How to run.** `.venv/bin/jupyter lab notebooks/` from the project root (see `notebooks/README.md`). The answer is
-# read from `../shared/data/qa_feedback/`; without it the notebook uses the built-in demo set and says so.
+# **What it leaves out.** Training a reward model and a PPO run with RED rewards (`python -m core.trainers.ppo
+# --rewards NAME=redistributed:FOLDER`), and the paper's optional reshaping of $r_t$. Two reward models are used:
+# a **synthetic causal** one whose score is a sum of known per-token values (so every redistributed reward can be
+# checked exactly, through `core`'s one-pass and windowed code), and the **shipped HH-RLHF holistic head**
+# (`core/reward_heads/hh-holistic`, a Bradley–Terry head on lexical and profanity features, 0.616 held-out pairwise
+# accuracy, see `docs/reward_models.md`), in domain for the HH-RLHF reply it scores, for realistic numbers. Runs in
+# seconds on CPU; no model weights are loaded (only the SmolLM2 tokenizer).
+#
+# **How to run.** `.venv/bin/jupyter lab notebooks/` from the project root (see `notebooks/README.md`). The HH-RLHF
+# pair is read from `../shared/data/hh_rlhf/`, the QA-Feedback answer of section 7 from `../shared/data/qa_feedback/`;
+# without them the notebook uses an inline pair and the built-in demo set and says so. *Content warning:* HH-RLHF
+# contains harmful text by design.
 
 # %%
 import os
 
+SOLUTIONS = os.environ.get("RLHF_WORKBENCH_SOLUTIONS", "0") == "1"  # True: the exercises use the reference solutions
+
+# %%
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import html
-import time
+import operator
+import re
+from types import SimpleNamespace
 
 import pandas as pd
+import plotly.graph_objects as go
 import torch
 import transformers
 from IPython.display import HTML, display
+from plotly.subplots import make_subplots
 from torch.testing import assert_close
 
-from core.data import DataError, load_demo_set, load_qa_feedback_spans
-from core.models import TINY_MODEL, load_reward_model, load_tokenizer
-from core.paths import shared_data_dir
+from core.data import DataError, load_demo_set, load_hh_rlhf, load_qa_feedback_spans
+from core.models import TINY_MODEL, load_tokenizer
 from core.rewards.align import char_to_token_index, response_token_char_spans
-from core.rewards.preference_rm import PreferenceReward, encode, format_pair, score_texts
-from core.rewards.redistribution import RedistributedReward, map_to_tokens, rm_token_rewards, slow_redistribution
+from core.rewards.preference_rm import encode, format_pair, score_texts
+from core.rewards.redistribution import map_to_tokens, rm_token_rewards, slow_redistribution
 from core.rewards.segments import sentence_spans, subsentence_spans
-from core.rewards.store import list_reward_models, load_reward_component
+from core.rewards.store import load_reward_component, shipped_models_dir
 from core.rewards.tensor import compute_token_rewards
+from core.rl import gae
 
 transformers.logging.set_verbosity_error()
-transformers.utils.logging.disable_progress_bar()
 pd.set_option("display.width", 160, "display.max_rows", 80, "display.float_format", "{:.4f}".format)
 torch.manual_seed(0)
 
@@ -94,256 +109,515 @@ torch.manual_seed(0)
 #   expected policy gradient is unchanged, and responses to the same prompt are ranked exactly as by $R(x, y)$.
 # * `"zero"`: $R(x, y_{<1}) = 0$, so $\sum_t r_t = R(x, y)$ exactly (the first token also carries $R(x)$).
 #
-# With $\gamma = 1$ the return from token $t$ is $G_t = \sum_{t' \ge t} r_{t'} = R(x, y) - R(x, y_{<t})$: what is
-# still to be gained from here. The episode's total is as before; what changes is that each token's advantage now
-# sees its own contribution directly, instead of a share of one delayed number. The assumption behind it: a
-# reward model trained on complete responses gives meaningful scores to prefixes.
+# **A caveat on $R(x)$.** Subtracting the prompt-only score is **this project's reading of the paper**: we could not
+# retrieve the method section of the R3HF preprint verbatim, and the prompt-alone baseline is the reading we
+# followed (`docs/reward_models.md`, `core/rewards/redistribution.py`). The alternative, `"zero"`, is one argument
+# away, and section 2 shows the two differ only in the potential of the start state, which changes no gradient.
 #
 # **One pass instead of $T$.** A causal transformer's hidden state at position $t$ depends only on tokens
 # $\le t$. A sequence-classification head reads one position (the last token) of that state, so applying the same
-# head at **every** position of one forward pass over $(x, y)$ gives $R(x, y_{\le t})$ for all $t$ at once: $T + 1$
-# scores for the price of one. The slow way, one forward pass per prefix, is the definition; below we compute both.
+# head at **every** position of one forward pass over $(x, y)$ gives $R(x, y_{\le t})$ for all $t$ at once.
 #
-# ## 2. The reward model and the answer
-
-# %%
-USE_TRAINED_RM = False  # True: the newest trained holistic ("preference") RM in core.rewards.store, if any
-
-trained = [m for m in list_reward_models() if m.get("kind") == "preference"] if USE_TRAINED_RM else []
-if trained:
-    component = load_reward_component(trained[0]["path"], device="cpu")  # a PreferenceReward
-    model, rm_tokenizer = component.model, component.tokenizer
-    fmt, separator, max_length = component.fmt, component.separator, component.max_length
-    print(f"trained reward model {trained[0]['name']!r} from {trained[0]['path']}")
-else:
-    rm_tokenizer = load_tokenizer(TINY_MODEL)
-    model = load_reward_model(TINY_MODEL, device="cpu")  # 2-layer random Llama + a fresh scalar head
-    torch.nn.init.normal_(model.score.weight, std=1.0, generator=torch.Generator().manual_seed(0))  # visible numbers
-    fmt, separator, max_length = "text", " answer: ", 1024
-    print(f"random reward model {TINY_MODEL!r} (numbers arbitrary, identities exact); "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters")
-model.requires_grad_(False)
+# **At any length.** A reward model reads at most `max_length` tokens; its holistic score of a longer text is read
+# on the last `max_length` tokens. `core` reads every prefix score the same way (`windowed_prefix_scores`), so
+# $\sum_t r_t = R(x, y) - R(x)$ holds at any length, each $R$ being what the model reads. Section 3 checks it.
+#
+# ## 2. RED is potential-based reward shaping
+#
+# Generation is an MDP (notebook 2): the state before token $t$ is $s_t = (x, y_{<t})$, the action is $y_t$, the
+# episode ends after $y_T$ (EOS) in a terminal state. Take the **potential** of a state to be the reward model's score
+# of it, and zero at the end:
+#
+# $$
+# \Phi(s_t) = R(x, y_{<t}) \quad (t = 1..T;\ \Phi(s_1) = R(x)), \qquad \Phi(s_{\text{end}}) = 0 .
+# $$
+#
+# Ng, Harada and Russell (1999) shape a reward by adding $F(s, s') = \gamma\Phi(s') - \Phi(s)$. With $\gamma = 1$,
+# on the sparse reward $r^{\text{sparse}}_t = \mathbb 1[t = T]\,R(x, y)$:
+#
+# $$
+# r^{\text{sparse}}_t + \Phi(s_{t+1}) - \Phi(s_t) =
+# \begin{cases}
+# R(x, y_{\le t}) - R(x, y_{<t}) & t < T \\
+# R(x, y) + 0 - R(x, y_{<T}) & t = T
+# \end{cases}
+# \;=\; r^{\text{RED}}_t .
+# $$
+#
+# **RED is exactly the sparse reward shaped with $\Phi$ = the prefix score.** Consequences, from Ng et al.'s theorem:
+#
+# * the return from any state changes by minus its potential: $G^{\text{RED}}_t = \sum_{t' \ge t} r^{\text{RED}}_{t'}
+#   = R(x, y) - \Phi(s_t) = G^{\text{sparse}}_t - \Phi(s_t)$; from the start, $R(x, y) - R(x)$;
+# * so $Q^{\text{RED}}(s, a) = Q(s, a) - \Phi(s)$ and $V^{\text{RED}}(s) = V(s) - \Phi(s)$ for every policy: the
+#   **advantage** $Q - V$ is unchanged, and so is the optimal policy. Redistribution cannot make the policy prefer a
+#   response the holistic model ranks lower;
+# * `first_token="zero"` is the same shaping with $\Phi(s_1) = 0$: the two differ only in the potential of the start
+#   state, a function of the prompt alone.
+#
+# What shaping *can* change is how fast and how reliably a learner with a **critic** finds that optimum (section 5).
 
 # %% [markdown]
-# The answer is notebook 5's: the shortest QA-Feedback answer with both C1 and C2 human error spans, at least two
-# sentences and more sub-sentences than sentences. The reward model reads `question: Q answer: Y` (FineGrainedRLHF's
-# C1 reward model input; a trained RM reads the full prompt with passages, as it was trained).
+# ## 3. A synthetic reward model with known per-token effects
+#
+# To check redistribution *exactly* we need a reward model whose per-token credit we know. The simplest causal one:
+# every token id $v$ has a value $c_v$, and the score of a text is the sum of the values of its (last `max_length`)
+# tokens, $R(z_{1..n}) = \sum_{i \le n} c_{z_i}$. For it, RED must return $r_t = c_{y_t}$: each token's own value.
+# It is built like a Hugging Face sequence-classification model (a causal "backbone" whose hidden state at position
+# $t$ is the running sum up to $t$, and a linear `score` head), so `core`'s reward-model code reads it unchanged.
+#
+# The values: a small harm lexicon costs $-1$ per word, refusal and care words earn $+0.5$, every other token costs
+# $0.01$ (a mild length cost). Only words that are a single token of the SmolLM2 tokenizer are used, so each value
+# belongs to exactly one word.
 
 # %%
-def pick_record(records):
-    """Shortest answer with C1 and C2 spans, 2+ sentences and more sub-sentences than sentences (else the closest)."""
-    def key(r):
-        text, cats = r["response"], {s["category"] for s in r["spans"]}
-        n_sentences, n_subsentences = len(sentence_spans(text)), len(subsentence_spans(text))
-        return (-(cats == {"C1", "C2"}), -(n_sentences >= 2 and n_subsentences > n_sentences), -len(cats),
-                len(text), r["question_id"])
-    return min(records, key=key)
+class RunningSumBackbone(torch.nn.Module):
+    """Causal 'backbone': hidden state at position t = sum of the values of tokens <= t (hidden size 1)."""
+
+    def __init__(self, token_values):
+        super().__init__()
+        self.values = torch.nn.Embedding.from_pretrained(token_values.float().unsqueeze(1))  # (V, 1), frozen
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        v = self.values(input_ids)  # (B, T, 1)
+        if attention_mask is not None:
+            v = v * attention_mask.unsqueeze(-1)  # padding adds nothing
+        return SimpleNamespace(last_hidden_state=v.cumsum(dim=1))  # (B, T, 1): causal by construction
 
 
+class SyntheticRewardModel(torch.nn.Module):
+    """A scalar-head 'reward model' with known per-token effects: R(tokens) = sum of token values."""
+
+    base_model_prefix = "model"
+
+    def __init__(self, token_values):
+        super().__init__()
+        self.model = RunningSumBackbone(token_values)
+        self.score = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.ones_(self.score.weight)
+
+
+tokenizer = load_tokenizer(TINY_MODEL)  # SmolLM2's tokenizer (no weights needed)
+HARM = ["kill", "stupid", "idiot", "hate", "dumb", "steal", "drugs", "gun", "illegal", "hurt", "crash"]
+CARE = ["sorry", "cannot", "can't", "safe", "respect", "help", "understand", "careful"]
+token_values = torch.full((len(tokenizer),), -0.01)
+lexicon = {}
+for words, value in ((HARM, -1.0), (CARE, 0.5)):
+    for word in words:
+        for form in (word, " " + word, word.capitalize(), " " + word.capitalize()):
+            ids = tokenizer(form, add_special_tokens=False).input_ids
+            if len(ids) == 1:
+                token_values[ids[0]] = value
+                lexicon[form] = value
+synthetic = SyntheticRewardModel(token_values).requires_grad_(False)
+print(f"{len(lexicon)} single-token forms have a value:")
+print("  -1.0:", sorted({k.strip().lower() for k, v in lexicon.items() if v < 0}))
+print("  +0.5:", sorted({k.strip().lower() for k, v in lexicon.items() if v > 0}))
+
+# %% [markdown]
+# **The reply.** An HH-RLHF harmless-base pair (prompt = the dialogue up to the last `Assistant:`): the first pair in
+# file order whose rejected reply has 15–45 words and a harm word, whose chosen reply declines or refuses, and that
+# the shipped HH head of section 4 ranks correctly.
+
+# %%
+hh_head = load_reward_component(shipped_models_dir() / "hh-holistic")  # HeadPreferenceReward, sequence level
+DECLINES = re.compile(r"\b(sorry|can't|cannot|won't|not able|i don't)\b")
 try:
-    records = load_qa_feedback_spans()
-    print(f"QA-Feedback: {len(records)} answers from {shared_data_dir() / 'qa_feedback'}")
-except DataError as err:
-    records = load_demo_set().spans
-    print(f"FALLING BACK to the built-in demo set ({len(records)} records): {err}")
-record = pick_record(records)
-response, spans = record["response"], record["spans"]
-prompt = record["prompt"] if trained else f"question: {record['question']}"
-rm_text, response_start = format_pair(rm_tokenizer, prompt, response, fmt, separator)
-print(f"prompt {prompt[:100]!r}{'...' if len(prompt) > 100 else ''}\nresponse {response!r}")
+    pairs = load_hh_rlhf()
+    candidates = (p for p in pairs if 15 <= len(p["rejected"].split()) <= 45 and DECLINES.search(p["chosen"].lower())
+                  and any(re.search(rf"\b{w}", p["rejected"].lower()) for w in HARM))
+    ranked_right = lambda p: operator.gt(*hh_head.score_texts([p["prompt"]] * 2, [p["chosen"], p["rejected"]]))  # noqa: E731
+    pair = next(p for p in candidates if ranked_right(p))
+    print(f"HH-RLHF harmless-base pair {pair['index']} (of {len(pairs)})")
+except (DataError, OSError, StopIteration) as err:
+    pair = {"prompt": "\n\nHuman: How do I get back at my noisy neighbour?\n\nAssistant:",
+            "rejected": "Egg his car at night, he is a stupid idiot who deserves it, and you could steal his mail too.",
+            "chosen": "I'm sorry, I can't help with getting back at someone. Talking to him calmly usually works better."}
+    print(f"FALLING BACK to an inline pair: {err!r}")
+prompt, response = pair["prompt"], pair["rejected"]
+print(f"prompt ...{prompt[-160:]!r}\nrejected {pair['rejected']!r}\nchosen   {pair['chosen']!r}")
 
 # %% [markdown]
-# ## 3. By hand: the slow prefix-by-prefix loop
+# ## 4. By you: RED from prefix scores
 #
 # Tokenise the reward model's input once (`core.rewards.preference_rm.encode`, which also returns each token's
-# character span). Response tokens are those that end after the response starts. For each response position $t$,
-# run the backbone on the prefix `input_ids[:t+1]` alone and apply the score head to the last hidden state: that is
-# $R(x, y_{\le t})$. The baseline $R(x)$ is the same on the prompt tokens alone.
+# character span); the reward model reads `prompt + " " + response`. Response tokens are those that end after the
+# response starts. For each response position $t$, run the model on the prefix `input_ids[:t+1]` alone and read the
+# score at its last position: that is $R(x, y_{\le t})$. The prompt score $R(x)$ is the same on the tokens before the
+# response. This is the definition, one forward pass per prefix.
 
 # %%
-enc = encode(rm_tokenizer, [rm_text], max_length)
+fmt, separator, max_length = "text", " ", 1024
+rm_text, response_start = format_pair(tokenizer, prompt, response, fmt, separator)
+enc = encode(tokenizer, [rm_text], max_length)
 input_ids = enc["input_ids"]  # (1, L): prompt, separator, response
 token_ends = enc["offset_mapping"][0, :, 1]  # (L,) character end of each token in rm_text
 response_cols = [t for t in range(input_ids.shape[1]) if token_ends[t] > response_start]  # columns of y_1..y_T
 
 
-def my_prefix_score(t):
+def my_prefix_score(model, t):
     """R(x, y_<=t): a fresh forward pass over input_ids[:, :t+1], score head on the last hidden state."""
     hidden = model.model(input_ids=input_ids[:, : t + 1]).last_hidden_state  # (1, t+1, H)
-    return model.score(hidden[:, -1]).squeeze().item()  # the head is a (H -> 1) linear layer
+    return model.score(hidden[:, -1]).squeeze().item()
 
 
-start = time.perf_counter()
 with torch.no_grad():
-    prompt_score = my_prefix_score(response_cols[0] - 1)  # R(x): prompt (and separator) only
-    prefix_scores = [my_prefix_score(t) for t in response_cols]  # R(x, y_<=t), t = 1..T
-slow_seconds = time.perf_counter() - start
-my_rewards = [s - prev for s, prev in zip(prefix_scores, [prompt_score] + prefix_scores[:-1])]  # r_t
-print(f"{len(response_cols)} response tokens -> {len(response_cols) + 1} forward passes in {slow_seconds:.2f} s")
-print(f"R(x) = {prompt_score:+.4f}   R(x, y) = {prefix_scores[-1]:+.4f}   sum_t r_t = {sum(my_rewards):+.4f}")
+    prompt_score = my_prefix_score(synthetic, response_cols[0] - 1)  # R(x): the prompt only
+    prefix_scores = [my_prefix_score(synthetic, t) for t in response_cols]  # R(x, y_<=t), t = 1..T
+print(f"{len(response_cols)} response tokens; R(x) = {prompt_score:+.3f}, R(x, y) = {prefix_scores[-1]:+.3f}")
 
 # %% [markdown]
-# **The same in one pass.** Run the backbone once over the whole input, apply the head at every position and take
-# differences of neighbours.
+# ### Exercise 6.1 — RED rewards from prefix scores
+#
+# Write `red_rewards(prefix_scores, prompt_score)`: given the list $[R(x, y_{\le 1}), \dots, R(x, y_{\le T})]$ and
+# $R(x)$, return the list $[r_1, \dots, r_T]$ with $r_t = R(x, y_{\le t}) - R(x, y_{<t})$ and $R(x, y_{<1}) = R(x)$.
+# **Graded** three ways: against the known per-token effects ($r_t = c_{y_t}$ for the synthetic model), against
+# `core`'s reference loop `slow_redistribution`, and against `core`'s one-pass `rm_token_rewards`.
 
 # %%
-start = time.perf_counter()
-with torch.no_grad():
-    all_scores = model.score(model.model(input_ids=input_ids).last_hidden_state).squeeze(-1)[0]  # (L,): R at every prefix
-fast_seconds = time.perf_counter() - start
-cols = torch.tensor(response_cols)
-my_batched_rewards = all_scores[cols] - all_scores[cols - 1]  # (T,) r_t = R(x, y_<=t) - R(x, y_<t)
-assert_close(all_scores[cols], torch.tensor(prefix_scores))  # the causal trick: position t == the prefix alone
-assert_close(my_batched_rewards, torch.tensor(my_rewards))
-print(f"one pass: {fast_seconds:.3f} s (vs {slow_seconds:.2f} s for the loop)")
+def red_rewards(prefix_scores, prompt_score):
+    """prefix_scores: T floats, R(x, y_<=t) for t = 1..T; prompt_score: R(x). Returns T floats r_t."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise 6.1: write red_rewards")
 
-# %% [markdown]
-# **And with `core`.** `slow_redistribution` is `core`'s reference loop; `rm_token_rewards` the batched version used
-# in training (it also returns each reward-model token's character span in the response, and the holistic
-# $R(x, y)$). Both must equal our numbers, and the sums must telescope, for both choices of the first baseline.
+
+if SOLUTIONS:
+    from solutions.nb06 import red_rewards  # noqa: F811
 
 # %%
-core_slow = slow_redistribution(model, rm_tokenizer, prompt, response, fmt, separator, max_length)
-(core_rewards,), (rm_spans,), (core_total,) = rm_token_rewards(model, rm_tokenizer, [prompt], [response], fmt, separator,
+my_rewards = torch.tensor(red_rewards(prefix_scores, prompt_score))  # (T,)
+known = token_values[input_ids[0, response_cols]]  # (T,) c_{y_t}: the effects we built in
+assert_close(my_rewards, known)  # RED recovers each token's own value
+core_slow = slow_redistribution(synthetic, tokenizer, prompt, response, fmt, separator, max_length)
+(core_rewards,), (rm_spans,), (core_total,) = rm_token_rewards(synthetic, tokenizer, [prompt], [response], fmt, separator,
                                                                max_length)
-assert_close(torch.tensor(core_slow), torch.tensor(my_rewards))
-assert_close(torch.tensor(core_rewards), torch.tensor(my_rewards))
-
-holistic = score_texts(model, rm_tokenizer, [rm_text], max_length)[0]  # R(x, y), read at the last token only
-assert_close(torch.tensor(core_total), torch.tensor(holistic))
-assert_close(torch.tensor(sum(core_rewards)), torch.tensor(holistic - prompt_score))  # first_token="prompt"
-(zero_rewards,), _, _ = rm_token_rewards(model, rm_tokenizer, [prompt], [response], fmt, separator, max_length,
+assert_close(torch.tensor(core_slow), my_rewards)
+assert_close(torch.tensor(core_rewards), my_rewards)
+assert_close(my_rewards.sum(), torch.tensor(core_total - prompt_score))  # sum_t r_t = R(x, y) - R(x)
+(zero_rewards,), _, _ = rm_token_rewards(synthetic, tokenizer, [prompt], [response], fmt, separator, max_length,
                                          first_token="zero")
-assert_close(torch.tensor(sum(zero_rewards)), torch.tensor(holistic))  # first_token="zero": exactly R(x, y)
+assert_close(torch.tensor(sum(zero_rewards)), torch.tensor(core_total))  # first_token="zero": exactly R(x, y)
 assert_close(torch.tensor(zero_rewards[1:]), torch.tensor(core_rewards[1:]))  # only the first token differs
-print(f"holistic R(x, y) = {holistic:+.4f}")
-print(f'first_token="prompt": sum r_t = {sum(core_rewards):+.4f} = R(x, y) - R(x) = {holistic - prompt_score:+.4f}')
-print(f'first_token="zero"  : sum r_t = {sum(zero_rewards):+.4f} = R(x, y)')
+print("Exercise 6.1: r_t = c_(y_t) for every token, equal to core's loop and one-pass versions")
+pd.DataFrame({"token": [rm_text[response_start:][s:e] for s, e in rm_spans], "c_(y_t) built in": known.numpy(),
+              "R(x, y<=t)": prefix_scores, "RED r_t": my_rewards.numpy()}).T
 
 # %% [markdown]
-# A caveat on $R(x)$: here it is the score at the last token before the response, i.e. of the prompt *plus the
-# separator's tokens* (`... answer:`). Any fixed text before the response works as the baseline, since it does not
-# depend on $y$.
-#
-# ## 4. Onto the policy's tokens
-#
-# Redistribution happens on the reward model's tokens; PPO needs the policy's. `map_to_tokens` gives each reward-model
-# token's reward to the policy token holding its last character, so the sum is kept. `RedistributedReward` is the
-# token-level `RewardComponent` that does all of this, so `compute_token_rewards` can place RED rewards next to any
-# other component. (It divides by the RM's training-set std, and `PreferenceReward` normalises the holistic score
-# with the training-set mean and std; we pass no normalisation, i.e. mean 0 and std 1, to compare raw numbers.) The policy here shares the reward
-# model's tokenizer (SmolLM2's), but it tokenises the response *alone*, so the boundary token differs (`" The"` for
-# the RM, `"The"` for the policy).
+# **At any length.** Now let the reward model read at most 32 tokens, fewer than prompt and reply together. Its
+# holistic score is read on the last 16 tokens (`score_texts` truncates from the left), and so is every prefix score,
+# so $r_t = c_{y_t} - c_{z_{t-32}}$ (the token that just left the window) and the sum still telescopes to
+# $R(x, y) - R(x)$, each read on its own window: `core`'s windowed code against the definition.
 
 # %%
-policy_tokenizer = load_tokenizer(TINY_MODEL)
-response_ids = policy_tokenizer(response, add_special_tokens=False).input_ids + [policy_tokenizer.eos_token_id]
-_, policy_spans = response_token_char_spans(policy_tokenizer, response_ids)
-my_mapped = [0.0] * len(policy_spans)
-for r, (s, e) in zip(core_rewards, rm_spans):
-    my_mapped[char_to_token_index(policy_spans, max(e, 1))] += r  # the policy token with the RM token's last character
-assert_close(torch.tensor(my_mapped), torch.tensor(map_to_tokens(core_rewards, rm_spans, policy_spans)))
-
-rm_meta = {"format": fmt, "separator": separator, "max_length": max_length}  # no "normalisation": mean 0, std 1
-token_rewards = compute_token_rewards([prompt], [response_ids], policy_tokenizer, {
-    "red": RedistributedReward(model, rm_tokenizer, rm_meta, name="red"),
-    "holistic": PreferenceReward(model, rm_tokenizer, rm_meta, name="holistic"),
-})
-assert_close(token_rewards.components["red"][0], torch.tensor(my_mapped))
-assert_close(token_rewards.totals()["red"], token_rewards.totals()["holistic"] - prompt_score)  # R(x, y) - R(x)
-print(f"{len(rm_spans)} RM tokens -> {len(policy_spans)} policy tokens (incl. EOS); "
-      f"sum kept: {token_rewards.totals()['red'].item():+.4f}; holistic on the last token "
-      f"{token_rewards.totals()['holistic'].item():+.4f}")
+L = 32
+ids = input_ids[0]
+window_score = lambda t: token_values[ids[max(0, t - L + 1): t + 1]].sum().item()  # R of the prefix ending at t  # noqa: E731
+windowed_by_hand = red_rewards([window_score(t) for t in response_cols], window_score(response_cols[0] - 1))
+(windowed_core,), _, (windowed_total,) = rm_token_rewards(synthetic, tokenizer, [prompt], [response], fmt, separator, L)
+assert_close(torch.tensor(windowed_core), torch.tensor(windowed_by_hand))
+assert_close(torch.tensor(slow_redistribution(synthetic, tokenizer, prompt, response, fmt, separator, L)),
+             torch.tensor(windowed_by_hand))
+assert_close(torch.tensor(windowed_total), torch.tensor(score_texts(synthetic, tokenizer, [rm_text], L)[0]))
+assert_close(torch.tensor(sum(windowed_core)), torch.tensor(windowed_total - window_score(response_cols[0] - 1)))
+print(f"max_length {L}: {len(windowed_core)} token rewards, sum {sum(windowed_core):+.3f} = R(x, y) - R(x) "
+      f"= {windowed_total:+.3f} - ({window_score(response_cols[0] - 1):+.3f})")
 
 # %% [markdown]
-# ## 5. RED beside fine-grained sentence rewards
+# ### Exercise 6.2 — potential-based shaping
 #
-# Notebook 5's fine-grained rewards come from reward models trained on *span labels*, one judgement per segment
-# (here: the human labels themselves, $\pm1$ per sentence for C2 and per sub-sentence for C1). RED's come from a model
-# trained on *whole-response preferences*, one value per token. Sum RED over the tokens of sentence $j$ (ending at RM
-# token $T_j$) and it telescopes again:
+# Write `shaped_rewards(rewards, potentials)`: for one episode, `rewards` $(T,)$ and `potentials` $(T,)$ with
+# `potentials[t]` $= \Phi(s_t)$, the potential of the state before token $t$, return $(T,)$
+# $r'_t = r_t + \Phi(s_{t+1}) - \Phi(s_t)$ with $\Phi(s_{T+1}) = 0$ (the episode ends). **Graded**: shaping the sparse
+# reward $\mathbb 1[t = T]\,R(x, y)$ with $\Phi(s_t) = R(x, y_{<t})$ must give exactly `core`'s RED rewards, and the
+# shaped return from every token must be the sparse return minus $\Phi(s_t)$.
+
+# %%
+def shaped_rewards(rewards, potentials):
+    """rewards, potentials: (T,) tensors (potentials[t] = Phi(s_t)). Returns (T,) r_t + Phi(s_{t+1}) - Phi(s_t)."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise 6.2: write shaped_rewards")
+
+
+if SOLUTIONS:
+    from solutions.nb06 import shaped_rewards  # noqa: F811
+
+# %%
+T = len(response_cols)
+sparse = torch.zeros(T)
+sparse[-1] = core_total  # R(x, y) on the last token
+potentials = torch.tensor([prompt_score] + prefix_scores[:-1])  # Phi(s_t) = R(x, y_<t)
+shaped = shaped_rewards(sparse, potentials)
+assert_close(shaped, torch.tensor(core_rewards))  # RED == sparse + potential-based shaping
+reward_to_go = lambda r: r.flip(0).cumsum(0).flip(0)  # G_t = sum_{t' >= t} r_t'  # noqa: E731
+assert_close(reward_to_go(shaped), reward_to_go(sparse) - potentials)  # G^RED_t = G_t - Phi(s_t)
+assert_close(shaped_rewards(sparse, torch.zeros(T)), sparse)  # Phi = 0: nothing changes
+print(f"Exercise 6.2: shaping the sparse reward with Phi = prefix score gives RED; return from the start "
+      f"{reward_to_go(shaped)[0]:+.3f} = R(x, y) - Phi(s_1) = {core_total:+.3f} - ({prompt_score:+.3f})")
+
+# %% [markdown]
+# ## 5. A shipped, in-domain reward model: the HH-RLHF holistic head
+#
+# The synthetic model makes every number checkable; the shipped HH head makes them realistic. It is a Bradley–Terry
+# model trained on HH-RLHF harmless-base pairs: a linear score on standardised answer features (log number of words
+# and sentences, asks a question, declines — "sorry", "can't", "I don't" —, repeated trigrams, and the answer's
+# profanity probability), 0.616 pairwise accuracy on 471 held-out pairs (`docs/reward_models.md`). Its RED component
+# (`load_reward_component(folder, redistribute=True)`, `core.rewards.heads.HeadRedistributedReward`) reads $R$ on the
+# response prefix ending at each **policy** token: $r_k = (R(x, y_{\le e_k}) - R(x, y_{\le e_{k-1}}))/\sigma$ with
+# $R(x, y_{\le e_0}) = R(x, \text{""})$ and $\sigma$ the training-set std of its scores. No tokenizer of its own, so
+# no mapping between tokenisations is needed; the sum is $(R(x, y) - R(x, \text{""}))/\sigma$.
+#
+# Your `red_rewards` on the head's prefix scores must give the component's values:
+
+# %%
+hh_red = load_reward_component(shipped_models_dir() / "hh-holistic", redistribute=True)  # token level
+replies = {"rejected": pair["rejected"], "chosen": pair["chosen"]}
+head_red, head_phi, head_spans, head_sparse = {}, {}, {}, {}
+for which, reply in replies.items():
+    reply_ids = tokenizer(reply, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    _, spans = response_token_char_spans(tokenizer, reply_ids)  # each policy token's characters (EOS: empty)
+    tr = compute_token_rewards([prompt], [reply_ids], tokenizer, {"red": hh_red, "holistic": hh_head})
+    raw = hh_head.score_texts([prompt] * (len(spans) + 1), [""] + [reply[:e] for _, e in spans])  # R(x, ""), R(x, y<=e_k)
+    scores = [(v - hh_head.mean) / hh_head.std for v in raw]  # normalised as the holistic component is
+    assert_close(torch.tensor(red_rewards(scores[1:], scores[0])), tr.components["red"][0])
+    assert_close(tr.totals()["red"], tr.totals()["holistic"] - scores[0])  # sum = R(x, y) - R(x, "") (normalised)
+    head_red[which], head_phi[which], head_spans[which] = tr.components["red"][0], torch.tensor(scores[:-1]), spans
+    head_sparse[which] = tr.components["holistic"][0]  # the normalised R(x, y) on the last token
+    print(f"{which:8s}: {len(spans)} policy tokens, holistic {tr.totals()['holistic'].item():+.3f}, "
+          f"R(x, '') {scores[0]:+.3f}, sum of RED {tr.totals()['red'].item():+.3f}")
+
+
+def token_heat_html(text, token_spans, values):
+    """HTML: each token's text on a background whose colour and strength follow its value (green +, red -)."""
+    top = max(abs(float(v)) for v in values) or 1.0
+    out = []
+    for (s, e), v in zip(token_spans, values):
+        if e > s:
+            colour = f"rgba(47,158,68,{abs(v) / top:.2f})" if v > 0 else f"rgba(224,49,49,{abs(v) / top:.2f})"
+            out.append(f'<span style="background:{colour}" title="r = {float(v):+.4f}">{html.escape(text[s:e])}</span>')
+    return f'<div style="line-height:2.0;font-size:15px;font-family:monospace">{"".join(out)}</div>'
+
+
+display(HTML("".join(f"<p><b>{which}</b></p>" + token_heat_html(replies[which], head_spans[which], head_red[which].tolist())
+                     for which in replies)))
+
+# %% [markdown]
+# Read the colours against the features: every new word costs a little, less as the answer grows (the score falls
+# with the log of the word count), a full stop costs more (the log of the sentence count), a question mark costs
+# (asks a question), and " sorry" earns a jump (declines); a word that raised the profanity probability would cost.
+# That is what a linear head on answer-level features *can* credit; it cannot say which fact is harmful. RED is only
+# as good as the holistic model's prefix scores.
+#
+# ## 6. When per-token credit changes learning: GAE, $\lambda$ and the critic
+#
+# PPO does not use returns directly but GAE advantages from a critic $V$ (notebook 2):
+# $\delta_t = r_t + \gamma V(s_{t+1}) - V(s_t)$, $\hat A_t = \sum_{l \ge 0} (\gamma\lambda)^l \delta_{t+l}$.
+#
+# ### Exercise 6.3 — GAE with $\lambda$
+#
+# Write `gae_loop(rewards, values, gamma, lam)` for one episode: `rewards` and `values` are $(T,)$ tensors, the value
+# after the last step is 0. Return the $(T,)$ advantages with a plain backward loop
+# ($\hat A_t = \delta_t + \gamma\lambda \hat A_{t+1}$). **Graded** against `core.rl.gae` on random rewards and values for
+# four $(\gamma, \lambda)$.
+
+# %%
+def gae_loop(rewards, values, gamma, lam):
+    """rewards, values: (T,) tensors; gamma, lam: floats. Returns (T,) GAE advantages (V after the last step = 0)."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise 6.3: write gae_loop")
+
+
+if SOLUTIONS:
+    from solutions.nb06 import gae_loop  # noqa: F811
+
+# %%
+g = torch.Generator().manual_seed(3)
+r_test, v_test = torch.randn(1, 9, generator=g), torch.randn(1, 9, generator=g)
+for gamma_, lam_ in ((1.0, 1.0), (1.0, 0.95), (0.99, 0.5), (1.0, 0.0)):
+    assert_close(gae_loop(r_test[0], v_test[0], gamma_, lam_), gae(r_test, v_test, torch.ones(1, 9), gamma_, lam_)[0][0])
+print("Exercise 6.3: equal to core.rl.gae")
+
+# %% [markdown]
+# **RED with critic $V$ is sparse with critic $V + \Phi$.** Write the TD error of the shaped reward:
+# $\delta^{\text{RED}}_t = r^{\text{sparse}}_t + \Phi(s_{t+1}) - \Phi(s_t) + V(s_{t+1}) - V(s_t)$ ($\gamma = 1$,
+# $\Phi = V = 0$ after the end). That is the sparse TD error with the critic $V + \Phi$. So for **every** $\lambda$:
+#
+# $$
+# \hat A^{\text{RED}}_t(V) = \hat A^{\text{sparse}}_t(V + \Phi) .
+# $$
+#
+# Redistribution hands the critic the reward model's prefix score for free. What that changes depends on $\lambda$:
+#
+# * $\lambda = 1$: $\hat A_t = G_t - V(s_t)$, so $\hat A^{\text{RED}}_t = \hat A^{\text{sparse}}_t - \Phi(s_t)$: only the
+#   **baseline** moves, by a function of the state. The expected gradient is the same; the variance may differ.
+# * $\lambda < 1$: $\hat A^{\text{RED}}_t = \hat A^{\text{sparse}}_t - \Phi(s_t) + (1 - \lambda)\sum_{l \ge 1}
+#   \lambda^{l-1}\Phi(s_{t+l})$. The last term depends on the tokens sampled **after** $t$: GAE bootstraps from the
+#   critic, and part of the critic is now the reward model's opinion of the prefixes. The advantages, and what a
+#   finite number of PPO updates learns, differ; only with a perfect critic do both lead to the same place.
+#
+# Checked on the HH head's numbers (the rejected reply, with a fresh critic $V \equiv 0$ and with a random one), with
+# `core.rl.gae` and your `gae_loop`:
+
+# %%
+red, phi, sparse_hh = head_red["rejected"], head_phi["rejected"], head_sparse["rejected"]  # (T,) each
+T_hh = red.shape[0]
+lams = (1.0, 0.95, 0.8, 0.5)
+for V in (torch.zeros(T_hh), 0.3 * torch.randn(T_hh, generator=g)):
+    for lam_ in lams:
+        A_red = gae(red[None], V[None], torch.ones(1, T_hh), 1.0, lam_)[0][0]
+        assert_close(A_red, gae(sparse_hh[None], (V + phi)[None], torch.ones(1, T_hh), 1.0, lam_)[0][0])
+        assert_close(gae_loop(red, V, 1.0, lam_), A_red)
+        A_sparse = gae_loop(sparse_hh, V, 1.0, lam_)
+        future = torch.stack([sum(lam_ ** (l - 1) * phi[t + l] for l in range(1, T_hh - t)) if t < T_hh - 1
+                              else torch.tensor(0.0) for t in range(T_hh)])
+        assert_close(A_red, A_sparse - phi + (1 - lam_) * future)  # the closed form above
+print("A_RED(V) == A_sparse(V + Phi) for every lambda; at lambda = 1 they differ by -Phi(s_t) only")
+
+advantages = {lam_: (gae_loop(sparse_hh, torch.zeros(T_hh), 1.0, lam_), gae_loop(red, torch.zeros(T_hh), 1.0, lam_))
+              for lam_ in lams}
+labels = [replies["rejected"][s:e] if e > s else "<eos>" for s, e in head_spans["rejected"]]
+fig = make_subplots(rows=2, cols=2, shared_xaxes=True, subplot_titles=[f"λ = {lam_}" for lam_ in lams])
+for i, lam_ in enumerate(lams):
+    row, col = i // 2 + 1, i % 2 + 1
+    A_sparse, A_red = advantages[lam_]
+    fig.add_trace(go.Scatter(x=list(range(T_hh)), y=A_sparse, mode="lines+markers", name="sparse (holistic on EOS)",
+                             line=dict(color="#868e96"), legendgroup="s", showlegend=i == 0, text=labels), row=row, col=col)
+    fig.add_trace(go.Scatter(x=list(range(T_hh)), y=A_red, mode="lines+markers", name="redistributed (RED)",
+                             line=dict(color="#2f9e44"), legendgroup="r", showlegend=i == 0, text=labels), row=row, col=col)
+    if lam_ == 1.0:
+        fig.add_trace(go.Scatter(x=list(range(T_hh)), y=A_sparse - phi, mode="lines", name="sparse − Φ(s_t)",
+                                 line=dict(color="#1c7ed6", dash="dot"), showlegend=True), row=row, col=col)
+fig.update_xaxes(title_text="policy token t (hover for its text)", row=2)
+fig.update_yaxes(title_text="advantage Â_t (V ≡ 0)", col=1)
+fig.update_layout(height=560, title="Per-token GAE advantages of the rejected HH reply, fresh critic, γ = 1")
+fig.show()
+
+# %% [markdown]
+# With $\lambda = 1$ the sparse advantage is the same number on every token ($R(x, y)$ against $V = 0$) and RED's is
+# that number minus the prefix score, $-\Phi(s_t)$ (the dotted line lies on the green one): a state-dependent
+# baseline, same expected gradient. As $\lambda$ falls the sparse advantage of an early token is discounted towards
+# zero ($\lambda^{T-t} R(x, y)$: the critic, not the reward, must carry the credit back), while RED's stays
+# local: each token mostly sees its own $r_t$ and the next few.
+#
+# ## 7. Does it learn differently? A toy with known per-token effects
+#
+# The smallest experiment that separates the cases: $T = 12$ positions, 4 possible tokens at each, a known value
+# $c[t, a]$ for each (as the synthetic reward model), $R(y) = \sum_t c[t, y_t]$. The policy has one softmax per
+# position; the critic $V(s_t)$ knows only the position $t$, not the tokens before it (as a real critic knows the
+# prefix only imperfectly). Per iteration: 32 samples per run, GAE with $\gamma = 1$, one policy-gradient step
+# ($\sum_t \hat A_t \nabla\log\pi(y_t)$, no clipping) and one step of the critic towards the GAE returns. Sparse reward
+# $\mathbb 1[t = T]R(y)$ vs RED $r_t = c[t, y_t]$ (the prefix score is $\Phi(s_t) = \sum_{t' < t} c[t', y_{t'}]$), for
+# $\lambda \in \{1, 0.9, 0\}$; 8 runs each, the expected reward $\mathbb E_\pi[R] / \max R$ computed exactly.
+
+# %%
+def train_toy(kind, lam, effects, runs=8, batch=32, iterations=60, lr=0.5, lr_value=0.5):
+    """Policy gradient with GAE on the toy; returns E_pi[R] / max R (mean over runs) before each iteration and at the end."""
+    T, K = effects.shape
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.zeros(runs, T, K)  # one softmax per position, per run
+    V = torch.zeros(runs, T)  # critic: a value per position
+    best, curve = effects.max(-1).values.sum(), []
+    for it in range(iterations + 1):
+        probs = torch.softmax(theta, -1)  # (runs, T, K)
+        curve.append(((probs * effects).sum((1, 2)) / best).mean().item())
+        if it == iterations:
+            return curve
+        y = torch.multinomial(probs.reshape(-1, K), batch, replacement=True, generator=gen)  # (runs * T, batch)
+        y = y.reshape(runs, T, batch).transpose(1, 2)  # (runs, batch, T)
+        per_token = effects[torch.arange(T), y]  # (runs, batch, T): c[t, y_t]
+        if kind == "RED":
+            rewards = per_token  # r_t = c[t, y_t] = Phi(s_{t+1}) - Phi(s_t)
+        else:
+            rewards = torch.zeros_like(per_token)
+            rewards[..., -1] = per_token.sum(-1)  # sparse: R(y) on the last token
+        A, returns = gae(rewards.reshape(-1, T), V.repeat_interleave(batch, 0), torch.ones(runs * batch, T), 1.0, lam)
+        A, returns = A.reshape(runs, batch, T), returns.reshape(runs, batch, T)
+        onehot = torch.nn.functional.one_hot(y, K).float()  # (runs, batch, T, K)
+        theta = theta + lr * ((onehot - probs.unsqueeze(1)) * A.unsqueeze(-1)).mean(1)  # grad of mean sum_t A_t log pi
+        V = V + lr_value * (returns.mean(1) - V)
+
+
+effects = torch.randn(12, 4, generator=torch.Generator().manual_seed(100))
+curves = {(kind, lam_): train_toy(kind, lam_, effects) for lam_ in (1.0, 0.9, 0.0) for kind in ("sparse", "RED")}
+fig = go.Figure()
+dash = {1.0: "solid", 0.9: "dash", 0.0: "dot"}
+for (kind, lam_), curve in curves.items():
+    fig.add_trace(go.Scatter(y=curve, mode="lines", name=f"{kind}, λ = {lam_}",
+                             line=dict(color="#2f9e44" if kind == "RED" else "#868e96", dash=dash[lam_])))
+fig.update_layout(height=420, xaxis_title="iteration", yaxis_title="E_π[R] / max R",
+                  title="Toy policy gradient with GAE: sparse vs redistributed reward")
+fig.show()
+final = pd.Series({f"{kind}, λ = {lam_}": curve[-1] for (kind, lam_), curve in curves.items()})
+at_20 = pd.Series({f"{kind}, λ = {lam_}": curve[20] for (kind, lam_), curve in curves.items()})
+display(pd.DataFrame({"after 20 iterations": at_20, "after 60": final}))
+assert final["sparse, λ = 0.0"] < 0.2 < 0.9 < final["RED, λ = 0.0"]  # lambda = 0: only RED's tokens get credit
+assert at_20["RED, λ = 0.9"] > at_20["sparse, λ = 0.9"]
+
+# %% [markdown]
+# * $\lambda = 1$: the two curves nearly coincide. Shaping only moved the baseline; both estimate the same gradient.
+# * $\lambda = 0.9$: sparse is slower. Its early tokens see $0.9^{T-t}$ of the reward plus whatever the critic
+#   propagates; RED's tokens see their own value at once.
+# * $\lambda = 0$: sparse learns only the last position ($\hat A_t = V(s_{t+1}) - V(s_t)$ does not depend on $y_t$
+#   for $t < T$ when the critic cannot see the tokens); RED learns everything, because its per-token reward *is* the
+#   credit.
+#
+# The toy's reward model is exact; with a real one, RED's dense credit is only as right as its prefix scores, and at
+# $\lambda < 1$ those errors enter the advantages (the $\Phi(s_{t+l})$ term above). That is the trade RED makes.
+#
+# %% [markdown]
+# ## 8. RED beside fine-grained sentence rewards
+#
+# Notebook 5's fine-grained rewards come from span labels, one judgement per segment; RED's from a model trained on
+# whole-response preferences, one value per token. Sum RED over the tokens of sentence $j$ and it telescopes again:
 #
 # $$
 # \sum_{t = T_{j-1}+1}^{T_j} r_t = R(x, y_{\le T_j}) - R(x, y_{\le T_{j-1}}),
 # $$
 #
-# a sentence-level reward made of **differences of prefix scores**: exactly the construction of the sentence-level
-# detox reward of notebook 5, $-(\text{tox}(y_{1..j}) - \text{tox}(y_{1..j-1}))$, with $-\text{tox}$ replaced by $R$.
-#
-# First the tokens, coloured by $r_t$ (green positive, red negative; with the random default RM the pattern is
-# noise), with the human error spans underlined (orange C1, red C2):
+# a sentence-level reward made of **differences of prefix scores**: the construction of notebook 5's sentence-level
+# detox reward, $-(\text{tox}(y_{1..j}) - \text{tox}(y_{1..j-1}))$, with $-\text{tox}$ replaced by $R$. On notebook 5's
+# QA-Feedback answer, with the shipped **C3 completeness** head (in domain: a Bradley–Terry head trained on
+# QA-Feedback preferences, 0.607 held-out pairwise accuracy) redistributed over the policy's tokens, beside the
+# human C2 (factuality) label of each sentence:
 
 # %%
-def token_heat_html(text, token_spans, values, spans):
-    """HTML: each token's text on a background whose colour and strength follow its value; error spans underlined."""
-    top = max(abs(v) for v in values) or 1.0
-    underline = {"C1": "#f76707", "C2": "#e03131"}
-    out = []
-    for (s, e), v in zip(token_spans, values):
-        if e <= s:
-            continue
-        alpha = abs(v) / top
-        colour = f"rgba(47,158,68,{alpha:.2f})" if v > 0 else f"rgba(224,49,49,{alpha:.2f})"
-        cats = sorted({sp["category"] for sp in spans if sp["start"] < e and s < sp["end"]})
-        border = f"border-bottom:3px solid {underline[cats[0]]};" if cats else ""
-        out.append(f'<span style="background:{colour};{border}" title="r_t = {v:+.4f}">{html.escape(text[s:e])}</span>')
-    return f'<div style="line-height:2.0;font-size:15px;font-family:monospace">{"".join(out)}</div>'
+def pick_record(records):
+    """Notebook 5's answer: the shortest with C1 and C2 spans, 2+ sentences and more sub-sentences than sentences."""
+    def dense(r):
+        n_sentences = len(sentence_spans(r["response"]))
+        return n_sentences >= 2 and len(subsentence_spans(r["response"])) > n_sentences
+
+    both = sorted((r for r in records if {s["category"] for s in r["spans"]} == {"C1", "C2"}),
+                  key=lambda r: (len(r["response"]), r["question_id"]))
+    return next((r for r in both if dense(r)), both[0] if both else records[0])
 
 
-display(HTML(token_heat_html(response, rm_spans, core_rewards, spans)))
+try:
+    record = pick_record(load_qa_feedback_spans())
+except DataError as err:
+    record = pick_record(load_demo_set().spans)
+    print(f"FALLING BACK to the built-in demo set: {err}")
+qa_ids = tokenizer(record["response"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+_, qa_spans = response_token_char_spans(tokenizer, qa_ids)
+c3_red = load_reward_component(shipped_models_dir() / "c3-completeness", redistribute=True)
+qa = compute_token_rewards([record["prompt"]], [qa_ids], tokenizer, {"red": c3_red})
+qa_red = qa.components["red"][0]  # (T,) on the policy's tokens
+c3_raw = c3_red.score_texts([record["prompt"]] * 2, ["", record["response"]])  # R(x, ""), R(x, y)
+assert_close(qa_red.sum(), torch.tensor((c3_raw[1] - c3_raw[0]) / c3_red.std))
 
-# %% [markdown]
-# Per token: the RED reward, the sentence and sub-sentence it belongs to, and the fine-grained rewards (human
-# oracle) on the token where each segment ends. Tokens are the reward model's; a segment's reward goes on the token
-# holding its last character (`char_to_token_index`).
-
-# %%
-def segment_of(char_index, segments):
-    return next((n for n, (a, b) in enumerate(segments) if a <= char_index < b), None)
-
-
-def human_value(segment, category):
-    a, b = segment
-    return -1.0 if any(sp["category"] == category and sp["start"] < b and a < sp["end"] for sp in spans) else 1.0
-
-
-sentences, subsentences = sentence_spans(response), subsentence_spans(response)
-sentence_end_token = [char_to_token_index(rm_spans, b) for _, b in sentences]  # T_j, in RM response tokens
-sub_end_token = [char_to_token_index(rm_spans, b) for _, b in subsentences]
-table = pd.DataFrame({
-    "token": [response[s:e] for s, e in rm_spans],
-    "RED r_t": core_rewards,
-    "R(x, y<=t)": prefix_scores,
-    "sentence": pd.array([segment_of(e - 1, sentences) for _, e in rm_spans], dtype="Int64"),
-    "sub-sentence": pd.array([segment_of(e - 1, subsentences) for _, e in rm_spans], dtype="Int64"),
-    "C2 (sentence)": 0.0, "C1 (sub-sentence)": 0.0,
-})
-for j, k in enumerate(sentence_end_token):
-    table.loc[k, "C2 (sentence)"] = human_value(sentences[j], "C2")
-for j, k in enumerate(sub_end_token):
-    table.loc[k, "C1 (sub-sentence)"] = human_value(subsentences[j], "C1")
-table
+rows, previous_end = [], 0
+for j, (a, b) in enumerate(sentence_spans(record["response"])):
+    last = char_to_token_index(qa_spans, b)  # T_j: the policy token holding the sentence's last character
+    first = 0 if j == 0 else rows[-1]["last token"] + 1
+    prefix_scores_j = c3_red.score_texts([record["prompt"]] * 2, [record["response"][:previous_end], record["response"][:qa_spans[last][1]]])
+    assert_close(qa_red[first: last + 1].sum(), torch.tensor((prefix_scores_j[1] - prefix_scores_j[0]) / c3_red.std))
+    c2_error = any(s["category"] == "C2" and s["start"] < b and a < s["end"] for s in record["spans"])
+    rows.append({"sentence": record["response"][a:b][:70], "last token": last, "sum of RED r_t": qa_red[first: last + 1].sum().item(),
+                 "human C2": "ERROR" if c2_error else "clean"})
+    previous_end = qa_spans[last][1]
+display(pd.DataFrame(rows))
+display(HTML(token_heat_html(record["response"], qa_spans, qa_red.tolist())))
 
 # %% [markdown]
-# Per sentence: RED summed over the sentence's tokens (from the token after the previous sentence's end to this
-# one's end), checked against the difference of prefix scores, beside the human C2 judgement.
-
-# %%
-rows, prev_end, prev_score = [], -1, prompt_score
-for j, ((a, b), k) in enumerate(zip(sentences, sentence_end_token)):
-    red_sum = sum(core_rewards[prev_end + 1 : k + 1])
-    assert_close(torch.tensor(red_sum), torch.tensor(prefix_scores[k] - prev_score))  # telescoping within a sentence
-    rows.append({"sentence": j, "text": response[a:b][:60] + ("..." if b - a > 60 else ""), "RED tokens": k - prev_end,
-                 "sum of RED r_t": red_sum, "R(x, y<=T_j) - R(x, y<=T_j-1)": prefix_scores[k] - prev_score,
-                 "C2 human": human_value((a, b), "C2"),
-                 "C1 human (its sub-sentences)": [human_value(sub, "C1") for sub in subsentences if a <= sub[0] < b]})
-    prev_end, prev_score = k, prefix_scores[k]
-per_sentence = pd.DataFrame(rows)
-assert_close(torch.tensor(float(per_sentence["sum of RED r_t"].sum())), torch.tensor(holistic - prompt_score))
-per_sentence
-
-# %% [markdown]
-# **How to read the comparison.** Both give the policy credit *inside* the response, but from different information.
+# Both give credit *inside* the response, from different information:
 #
 # | | fine-grained (notebook 5) | RED |
 # |---|---|---|
@@ -352,26 +626,26 @@ per_sentence
 # | what a value means | "this segment has error $k$" | "this token moved the holistic score by $r_t$" |
 # | sum over the response | $\sum_k w_k \sum_j R_k$, no holistic score behind it | the holistic score minus $R(x)$ |
 #
-# RED is only as good as the holistic model's prefix scores: a model that scores prefixes sensibly should push the
-# tokens of the irrelevant clauses and of the wrong fact down (the underlined tokens above). With the random default
-# model the colours are noise, which is why the checks below are identities, not behaviour. With a trained model
-# (`USE_TRAINED_RM = True`) the same cells show what it credits.
+# The C3 head scores completeness from lexical coverage of the passages, so its per-sentence credit follows how many
+# passage words a sentence adds, not whether the sentence is true: it need not agree with the human C2 label, and
+# RED cannot add information the holistic model does not have.
 #
 # ## Summary: the derivation equals `core`
 #
-# The slow prefix-by-prefix loop, our one-pass version, `core`'s `slow_redistribution` and batched
-# `rm_token_rewards` all give the same $r_t$; the sums telescope to $R(x, y) - R(x)$ (`first_token="prompt"`) or
-# $R(x, y)$ (`"zero"`); moving the rewards onto the policy's tokens keeps the sum (`map_to_tokens`,
-# `RedistributedReward` through `compute_token_rewards`); and RED summed over a sentence is that sentence's
-# difference of prefix scores.
+# Your RED rewards from prefix scores recover the synthetic model's per-token effects exactly and equal `core`'s
+# prefix loop (`slow_redistribution`) and one-pass version (`rm_token_rewards`), also with windowed scoring
+# (`max_length` shorter than the input: $\sum_t r_t = R(x, y) - R(x)$ still); RED is the sparse reward shaped with
+# $\Phi$ = the prefix score (your `shaped_rewards`), so returns move by $-\Phi(s_t)$; the shipped HH head's RED
+# component is your function on its prefix scores; and RED with critic $V$ is sparse with critic $V + \Phi$ for every
+# $\lambda$ (your `gae_loop` = `core.rl.gae`), which is a baseline change at $\lambda = 1$ and a change of credit below.
 
 # %%
-assert_close(torch.tensor(core_slow), torch.tensor(my_rewards))
-assert_close(torch.tensor(core_rewards), my_batched_rewards)
-assert_close(torch.tensor(sum(core_rewards)), torch.tensor(holistic - prompt_score))
-assert_close(torch.tensor(sum(zero_rewards)), torch.tensor(holistic))
-assert_close(torch.tensor(map_to_tokens(core_rewards, rm_spans, policy_spans)).sum(), torch.tensor(sum(core_rewards)))
-assert_close(token_rewards.totals()["red"], token_rewards.totals()["holistic"] - prompt_score)
-assert_close(torch.tensor(per_sentence["sum of RED r_t"].to_list()),
-             torch.tensor(per_sentence["R(x, y<=T_j) - R(x, y<=T_j-1)"].to_list()))
+assert_close(torch.tensor(red_rewards(prefix_scores, prompt_score)), known)
+assert_close(torch.tensor(core_rewards), known)
+assert_close(torch.tensor(sum(windowed_core)), torch.tensor(windowed_total - window_score(response_cols[0] - 1)))
+assert_close(shaped_rewards(sparse, potentials), torch.tensor(core_rewards))
+assert_close(torch.tensor(map_to_tokens(core_rewards, rm_spans, response_token_char_spans(
+    tokenizer, tokenizer(response, add_special_tokens=False).input_ids)[1])).sum(), torch.tensor(sum(core_rewards)))
+assert_close(gae(red[None], torch.zeros(1, T_hh), torch.ones(1, T_hh), 1.0, 1.0)[0][0],
+             gae(sparse_hh[None], torch.zeros(1, T_hh), torch.ones(1, T_hh), 1.0, 1.0)[0][0] - phi)
 print("all checks passed")
