@@ -119,7 +119,7 @@ torch.manual_seed(0)
 # ## 2. A real answer with human error spans
 #
 # QA-Feedback (Wu et al. 2023) has, for 409 ASQA questions, a model answer (`prediction 1`) on which annotators marked
-# error spans by character. Sections 3 to 6 follow one answer: the shortest that has both C1 and C2 spans, at least
+# error spans by character. Sections 3 to 5 follow one answer: the shortest that has both C1 and C2 spans, at least
 # two sentences and more sub-sentences than sentences (so the three densities differ). Sections 7 and 9 use them all.
 
 # %%
