@@ -567,6 +567,18 @@ print(f"same critic: advantages shift by lam^(T-t) * c (first token, lam=0.9: {0
 # larger $w_1$ gives shorter answers" and "more weight on factuality and completeness gives longer ones" (Wu et al.'s
 # reward-weight study) plausible: C1 segments are erroneous more often than not, C2 sentences rarely.
 #
+# The expected total for a few error rates $p$ and segment counts $n$ (exact, from the formula; the $\pm1$ rows grow
+# with $n$ whenever $p < \tfrac12$, the $\{0, -1\}$ rows never do):
+
+# %%
+expected = pd.DataFrame({(scale, f"n = {n}"): {f"p = {p}": n * (1 - 2 * p) if scale == "+1/-1" else -n * p
+                                               for p in (0.1, 0.3, 0.5, 0.6)}
+                         for scale in ("+1/-1", "0/-1") for n in (2, 4, 8)})
+assert expected.loc["p = 0.1", ("+1/-1", "n = 8")] > expected.loc["p = 0.1", ("+1/-1", "n = 2")]  # more segments, more reward
+assert (expected["0/-1"].diff(axis=1).fillna(0) <= 0).all().all()  # with 0/-1, more segments never pay
+expected
+
+# %% [markdown]
 # On the real data, every answer's oracle totals against its number of segments (your `segment_rewards`, both scales):
 
 # %%
@@ -608,8 +620,8 @@ fig.update_layout(height=420, title="Paying per segment: totals against the numb
 fig.show()
 
 # %% [markdown]
-# The fitted slopes are steeper than $1 - 2p$ and $-p$ with one overall $p$: longer answers are also more often
-# erroneous per segment. With a few hundred answers the slopes depend on the sample, but the difference
+# The fitted slopes are not $1 - 2p$ and $-p$ with one overall $p$: the error rate per segment itself changes with
+# the answer's length. With a few hundred answers the slopes depend on the sample, but the difference
 # between the two scales is exact: the $\pm1$ total is twice the $\{0, -1\}$ total **plus the number of segments**
 # (asserted above for every answer). For C2, whose sentences are mostly clean, $\pm1$ pays for every extra sentence;
 # under $\{0, -1\}$ the same judgement makes length neutral to slightly costly. A policy trained on the sum learns
