@@ -574,7 +574,7 @@ print(f"same critic: advantages shift by lam^(T-t) * c (first token, lam=0.9: {0
 expected = pd.DataFrame({(scale, f"n = {n}"): {f"p = {p}": n * (1 - 2 * p) if scale == "+1/-1" else -n * p
                                                for p in (0.1, 0.3, 0.5, 0.6)}
                          for scale in ("+1/-1", "0/-1") for n in (2, 4, 8)})
-assert expected.loc["p = 0.1", ("+1/-1", "n = 8")] > expected.loc["p = 0.1", ("+1/-1", "n = 2")]  # more segments, more reward
+assert expected.loc["p = 0.1", ("+1/-1", "n = 8")] > expected.loc["p = 0.1", ("+1/-1", "n = 2")]  # more segments pay
 assert (expected["0/-1"].diff(axis=1).fillna(0) <= 0).all().all()  # with 0/-1, more segments never pay
 expected
 
@@ -587,13 +587,15 @@ for r in records:
     c1 = segment_rewards(r["response"], r["spans"], "C1", "subsentence")
     c2 = segment_rewards(r["response"], r["spans"], "C2", "sentence")
     rows.append({"question_id": r["question_id"], "words": len(r["response"].split()),
-                 "n C1": len(c1), "C1 errors": sum(v < 0 for _, v in c1), "n C2": len(c2), "C2 errors": sum(v < 0 for _, v in c2),
+                 "n C1": len(c1), "C1 errors": sum(v < 0 for _, v in c1),
+                 "n C2": len(c2), "C2 errors": sum(v < 0 for _, v in c2),
                  "C3": -1.0 if r["has_missing_info"] else 1.0})
 answers = pd.DataFrame(rows)
 for k in ("C1", "C2"):
     answers[f"{k} total (+1/-1)"] = answers[f"n {k}"] - 2 * answers[f"{k} errors"]
     answers[f"{k} total (0/-1)"] = -answers[f"{k} errors"]
-    assert (answers[f"{k} total (+1/-1)"] == 2 * answers[f"{k} total (0/-1)"] + answers[f"n {k}"]).all()  # x2, +1 per segment
+    # the two scales: x2, and +1 per segment
+    assert (answers[f"{k} total (+1/-1)"] == 2 * answers[f"{k} total (0/-1)"] + answers[f"n {k}"]).all()
 
 slopes = {}
 for k in ("C1", "C2"):

@@ -44,7 +44,7 @@
 # seconds on CPU; no model weights are loaded (only the SmolLM2 tokenizer).
 #
 # **How to run.** `.venv/bin/jupyter lab notebooks/` from the project root (see `notebooks/README.md`). The HH-RLHF
-# pair is read from `../shared/data/hh_rlhf/`, the QA-Feedback answer of section 7 from `../shared/data/qa_feedback/`;
+# pair is read from `../shared/data/hh_rlhf/`, the QA-Feedback answer of section 8 from `../shared/data/qa_feedback/`;
 # without them the notebook uses an inline pair and the built-in demo set and says so. *Content warning:* HH-RLHF
 # contains harmful text by design.
 
@@ -120,7 +120,7 @@ torch.manual_seed(0)
 #
 # **At any length.** A reward model reads at most `max_length` tokens; its holistic score of a longer text is read
 # on the last `max_length` tokens. `core` reads every prefix score the same way (`windowed_prefix_scores`), so
-# $\sum_t r_t = R(x, y) - R(x)$ holds at any length, each $R$ being what the model reads. Section 3 checks it.
+# $\sum_t r_t = R(x, y) - R(x)$ holds at any length, each $R$ being what the model reads. Section 4 checks it.
 #
 # ## 2. RED is potential-based reward shaping
 #
@@ -154,7 +154,8 @@ torch.manual_seed(0)
 # * `first_token="zero"` is the same shaping with $\Phi(s_1) = 0$: the two differ only in the potential of the start
 #   state, a function of the prompt alone.
 #
-# What shaping *can* change is how fast and how reliably a learner with a **critic** finds that optimum (section 5).
+# What shaping *can* change is how fast and how reliably a learner with a **critic** finds that optimum (sections 6
+# and 7).
 
 # %% [markdown]
 # ## 3. A synthetic reward model with known per-token effects
@@ -216,7 +217,7 @@ print("  +0.5:", sorted({k.strip().lower() for k, v in lexicon.items() if v > 0}
 # %% [markdown]
 # **The reply.** An HH-RLHF harmless-base pair (prompt = the dialogue up to the last `Assistant:`): the first pair in
 # file order whose rejected reply has 15–45 words and a harm word, whose chosen reply declines or refuses, and that
-# the shipped HH head of section 4 ranks correctly.
+# the shipped HH head of section 5 ranks correctly.
 
 # %%
 hh_head = load_reward_component(shipped_models_dir() / "hh-holistic")  # HeadPreferenceReward, sequence level
@@ -310,7 +311,7 @@ pd.DataFrame({"token": [rm_text[response_start:][s:e] for s, e in rm_spans], "c_
 # %%
 L = 32
 ids = input_ids[0]
-window_score = lambda t: token_values[ids[max(0, t - L + 1): t + 1]].sum().item()  # R of the prefix ending at t  # noqa: E731
+window_score = lambda t: token_values[ids[max(0, t - L + 1): t + 1]].sum().item()  # noqa: E731  R(prefix ending at t)
 windowed_by_hand = red_rewards([window_score(t) for t in response_cols], window_score(response_cols[0] - 1))
 (windowed_core,), _, (windowed_total,) = rm_token_rewards(synthetic, tokenizer, [prompt], [response], fmt, separator, L)
 assert_close(torch.tensor(windowed_core), torch.tensor(windowed_by_hand))
@@ -509,7 +510,7 @@ fig.show()
 
 # %%
 def train_toy(kind, lam, effects, runs=8, batch=32, iterations=60, lr=0.5, lr_value=0.5):
-    """Policy gradient with GAE on the toy; returns E_pi[R] / max R (mean over runs) before each iteration and at the end."""
+    """Policy gradient with GAE on the toy. Returns E_pi[R] / max R (mean over runs) before each iteration and at the end."""
     T, K = effects.shape
     gen = torch.Generator().manual_seed(0)
     theta = torch.zeros(runs, T, K)  # one softmax per position, per run
@@ -607,12 +608,15 @@ rows, previous_end = [], 0
 for j, (a, b) in enumerate(sentence_spans(record["response"])):
     last = char_to_token_index(qa_spans, b)  # T_j: the policy token holding the sentence's last character
     first = 0 if j == 0 else rows[-1]["last token"] + 1
-    prefix_scores_j = c3_red.score_texts([record["prompt"]] * 2, [record["response"][:previous_end], record["response"][:qa_spans[last][1]]])
+    end = qa_spans[last][1]  # the sentence's prefix ends with its last policy token
+    prefix_scores_j = c3_red.score_texts([record["prompt"]] * 2,
+                                         [record["response"][:previous_end], record["response"][:end]])
     assert_close(qa_red[first: last + 1].sum(), torch.tensor((prefix_scores_j[1] - prefix_scores_j[0]) / c3_red.std))
     c2_error = any(s["category"] == "C2" and s["start"] < b and a < s["end"] for s in record["spans"])
-    rows.append({"sentence": record["response"][a:b][:70], "last token": last, "sum of RED r_t": qa_red[first: last + 1].sum().item(),
+    rows.append({"sentence": record["response"][a:b][:70], "last token": last,
+                 "sum of RED r_t": qa_red[first: last + 1].sum().item(),
                  "human C2": "ERROR" if c2_error else "clean"})
-    previous_end = qa_spans[last][1]
+    previous_end = end
 display(pd.DataFrame(rows))
 display(HTML(token_heat_html(record["response"], qa_spans, qa_red.tolist())))
 
