@@ -2,8 +2,9 @@
 
 What it shows: one heatmap row per reward component (holistic toxicity, toxicity change
 per sentence, learned RMs and their redistributed form when trained) plus the weighted
-total, one cell per response token, exact values on hover; human-labelled spans
-(QA-Feedback) beside the model's segments. The pair is scored ONCE (cached in
+total, one cell per response token, exact values on hover; the response as text coloured by
+one row, with the human-labelled error spans (QA-Feedback, demo set) underlined on the same
+tokens; human spans beside the model's segments. The pair is scored ONCE (cached in
 ``st.session_state``); the weight sliders only recombine with ``TokenRewards.combined``.
 
 What it leaves out: training reward models (see the hint on the page).
@@ -128,17 +129,27 @@ def pick_pair(model: str) -> tuple[str, str, list[dict]]:
     return prompt, response, spans
 
 
-def coloured_text(tokens: list[str], rows: dict[str, list[float]], scales: dict, tr) -> None:
-    """The response as text coloured by one row (a component or the weighted total), values on hover."""
+def coloured_text(tokens: list[str], rows: dict[str, list[float]], scales: dict, tr, response: str, human_spans: list[dict]) -> None:
+    """The response as text coloured by one row (a component or the weighted total), values on hover, with the
+    human spans underlined on the same tokens (their category on hover) and the row's segment ends marked."""
     names = list(rows)
     which = st.selectbox("Colour the text by", names, index=len(names) - 1, key=K("text_row"))
     ends = {seg.token_index for seg in tr.segments[0] if seg.component == which} if which in tr.components else set()
     bound = scales.get(which)
     st.session_state[K("text_bound")] = bound
-    st.markdown(charts.coloured_text_html(tokens, rows[which], bound=bound, segment_ends=ends), unsafe_allow_html=True)
+    # human spans index the record's text; the scored text is its decoding, which the tokenizer may change
+    aligned = bool(human_spans) and tr.texts[0] == response
+    marks = components.span_marks(tr.token_spans[0], human_spans) if aligned else None
+    st.session_state[K("text_marks")] = marks
+    st.markdown(charts.coloured_text_html(tokens, rows[which], bound=bound, segment_ends=ends, marks=marks), unsafe_allow_html=True)
     scale = f"full colour at |value| ≥ {bound:g} (its stated scale)" if bound else "scaled to this response's max |value| (no stated scale)"
     st.caption(f"{which}: blue > 0 > red, {scale}; hover a token for its value"
-               + ("; a bar marks where each of its segments ends." if ends else "."))
+               + ("; a bar marks where each of its segments ends" if ends else "")
+               + ("; human error spans are underlined (category on hover):" if marks else "."))
+    if marks:
+        st.markdown(components.span_legend(human_spans), unsafe_allow_html=True)
+    elif human_spans:
+        st.caption("The human spans cannot be drawn on these tokens (the tokenizer changed the text); see them below.")
 
 
 def main() -> None:
@@ -201,7 +212,7 @@ def main() -> None:
         + "), so a value near 0 stays pale; hover a cell for the exact value.")
     if len(tokens) > limits.TOKEN_LABELS_UP_TO:
         st.caption(f"{len(tokens)} tokens: too many to label on the axis (hover a cell for its token); read them below.")
-    coloured_text(tokens, rows, scales, tr)
+    coloured_text(tokens, rows, scales, tr, response, human_spans)
     sums = {name: round(sum(v), 4) for name, v in rows.items()}
     st.caption("Sum over tokens: " + " · ".join(f"{k} = {v}" for k, v in sums.items()))
     cut = scoring.context_cuts(prompt, response, infos)

@@ -108,6 +108,29 @@ def test_explorer_renders_and_sliders_recombine_without_rescoring():
     expected = (2.0 * tr.components["toxicity_sentence"][0][tr.mask[0].bool()]).tolist()
     assert after == pytest.approx(expected)
     assert after != pytest.approx(before) or not any(before)
+    # the demo answer's human span (Irrelevant, C1) is underlined on exactly its tokens in the coloured text
+    marks, tokens = at.session_state["explorer_text_marks"], [tr.texts[0][a:b] for a, b in tr.token_spans[0]]
+    on = [i for i, m in enumerate(marks) if m]
+    assert "".join(tokens[i] for i in on).strip() == "My grandmother baked bread every Sunday, and she always sang while kneading."
+    assert on == list(range(on[0], on[-1] + 1))
+    html = next(m.value for m in at.markdown if "data-span=" in m.value)
+    assert html.count('data-span="Irrelevant (C1)"') == len(on)
+
+
+def test_span_marks_put_each_human_span_on_the_tokens_it_overlaps():
+    from workbench import charts, components
+
+    token_spans = [(0, 3), (3, 8), (8, 12), (12, 15)]
+    spans = [{"start": 4, "end": 9, "label": "Irrelevant (C1)", "title": "off topic"},
+             {"start": 14, "end": 20, "label": "Unverifiable (C2)", "title": "Unverifiable (C2)"}]
+    marks = components.span_marks(token_spans, spans)
+    assert marks == [[], [("#d97706", "Irrelevant (C1): off topic")], [("#d97706", "Irrelevant (C1): off topic")],
+                     [("#ea580c", "Unverifiable (C2)")]]
+    html = charts.coloured_text_html(["The", " cat ", "sat ", "on."], [0.0, -0.5, 0.0, 0.0], bound=1.0, marks=marks)
+    assert html.count("border-bottom:3px solid #d97706") == 2 and html.count("border-bottom") == 3
+    assert 'title="-0.5 · Irrelevant (C1): off topic"' in html  # the value and the category on one hover
+    assert 'title="Irrelevant (C1): off topic"' in html  # a token with no reward keeps its span
+    assert html.startswith('<div style="line-height:1.7;white-space:pre-wrap">The<span')
 
 
 def test_explorer_bad_inputs():

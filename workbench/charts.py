@@ -97,7 +97,7 @@ def token_heatmap(tokens: list[str], rows: dict[str, list[float]], title: str = 
 
 
 def coloured_text_html(tokens: list[str], values: list[float], bound: float | None = None,
-                       segment_ends: set[int] | None = None) -> str:
+                       segment_ends: set[int] | None = None, marks: list[list[tuple[str, str]]] | None = None) -> str:
     """The response as text, each token's background coloured by its value (red < 0 < blue), the value on hover.
 
     Readable at any length. bound: the stated scale s (``core.rewards.scales``): |value| >= s
@@ -105,6 +105,8 @@ def coloured_text_html(tokens: list[str], values: list[float], bound: float | No
     neutral (white) background. None scales to the data's max |value| (with a faint floor,
     so every non-zero token shows): only for values that have no stated scale.
     segment_ends: token indices where a reward segment ends, marked with a bar after the token.
+    marks: per token, (css colour, label) of the human spans it lies in (``components.span_marks``): the token is
+    underlined in the first span's colour and every label is added to its hover text.
     """
     vals = [_finite(v) for v in values] + [None] * max(0, len(tokens) - len(values))
     stated = bound is not None and bound > 0
@@ -115,12 +117,21 @@ def coloured_text_html(tokens: list[str], values: list[float], bound: float | No
     for i, (tok, v) in enumerate(zip(tokens, vals)):
         text = html.escape(str(tok))
         bar = "border-right:2px solid #555;" if i in ends else ""
+        here = marks[i] if marks and i < len(marks) else []
+        if here:  # a human span: underlined in its category's colour, its labels on hover
+            bar += f"border-bottom:3px solid {here[0][0]};"
+            labels = " · ".join(label for _, label in here)
+            attrs = f' data-span="{html.escape(labels)}"'
+        else:
+            labels, attrs = "", ""
         if v is None or v == 0.0:
-            out.append(f'<span style="{bar}">{text}</span>' if bar else text)
+            hover = f' title="{html.escape(labels)}"' if labels else ""
+            out.append(f'<span style="{bar}"{hover}{attrs}>{text}</span>' if bar else text)
             continue
         alpha = min(abs(v) / bound, 1.0) * 0.85 if stated else min(abs(v) / bound, 1.0) * 0.75 + 0.1
         rgb = "33,102,172" if v > 0 else "178,24,43"
-        out.append(f'<span style="{bar}background:rgba({rgb},{alpha:.3f})" title="{v:.5g}">{text}</span>')
+        hover = html.escape(f"{v:.5g}" + (f" · {labels}" if labels else ""))
+        out.append(f'<span style="{bar}background:rgba({rgb},{alpha:.3f})" title="{hover}"{attrs}>{text}</span>')
     return '<div style="line-height:1.7;white-space:pre-wrap">' + "".join(out) + "</div>"
 
 

@@ -354,6 +354,42 @@ SPAN_COLOURS = {
 }
 
 
+SPAN_LINE_COLOURS = {
+    "Irrelevant": "#d97706", "Redundant": "#db2777", "Incoherent": "#7c3aed",
+    "Wrong-Grounding": "#dc2626", "Unverifiable": "#ea580c", "C1": "#d97706", "C2": "#dc2626",
+}
+
+
+def span_category(label: str) -> str:
+    """'Irrelevant (C1)' -> 'Irrelevant': the key of the span colours."""
+    return label.split(" (")[0]
+
+
+def span_marks(token_spans: list[tuple[int, int]], spans: list[dict]) -> list[list[tuple[str, str]]]:
+    """Per token, (line colour, hover label) of each human span {start, end, label, title} sharing a character with it.
+
+    token_spans: the (start, end) character span of each response token in the text the spans index
+    (``TokenRewards.token_spans``), so the marks sit on the same tokens as the reward colours.
+    """
+    out = []
+    for a, b in token_spans:
+        here = []
+        for s in spans:
+            if s["start"] < b and a < s["end"]:  # at least one shared character
+                title = s.get("title") or ""
+                label = s["label"] + (f": {title}" if title and title != s["label"] else "")
+                here.append((SPAN_LINE_COLOURS.get(span_category(s["label"]), "#374151"), label))
+        out.append(here)
+    return out
+
+
+def span_legend(spans: list[dict]) -> str:
+    """HTML key of the span categories present: a coloured underline per category."""
+    cats = dict.fromkeys(span_category(s["label"]) for s in spans)
+    return " ".join(f'<span style="border-bottom:3px solid {SPAN_LINE_COLOURS.get(c, "#374151")};margin-right:8px">'
+                    f"{html.escape(c)}</span>" for c in cats)
+
+
 def highlighted(text: str, spans: list[dict]) -> str:
     """HTML of ``text`` with spans {start, end, label} highlighted and labelled (overlaps: first wins)."""
     spans = sorted((s for s in spans if 0 <= s["start"] < s["end"] <= len(text)), key=lambda s: s["start"])
