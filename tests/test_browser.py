@@ -4,7 +4,8 @@ Starts ``streamlit run workbench/app.py`` on 127.0.0.1 and a free port (tiny ran
 very short trainings, a fresh run store), then drives every page from its defaults to a
 result: Home starts JupyterLab and its notebook link answers; the training curves page on the
 empty store says how to start a run; the token reward explorer draws its heatmap and a weight
-slider changes it; the reward-weight lab's short PPO finishes with its held-out toxicity and
+slider changes it, and on a fresh install (an empty user cache) it offers and draws the shipped
+reward models; the reward-weight lab's short PPO finishes with its held-out toxicity and
 perplexity drawn; the curves page then shows that run and its rollouts; the preference page's
 DPO finishes on its defaults, then SimPO on a 1-pair upload; a 20,000-character response gets
 its message. It saves a 1280×800 screenshot of every page under docs/screenshots/.
@@ -71,12 +72,27 @@ def _tiny_reward_model_store(folder: Path, tiny_model_path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_path):
-    port = _free_port()
     store = _tiny_reward_model_store(tmp_path_factory.mktemp("reward_models"), tiny_model_path)
-    env = dict(os.environ, RLHF_WORKBENCH_MODEL="tiny-random-llama", RLHF_WORKBENCH_SHORT=json.dumps(SHORT),
-               RLHF_WORKBENCH_REWARD_MODELS=str(store),
+    yield from _streamlit(tmp_path_factory, RLHF_WORKBENCH_REWARD_MODELS=str(store))
+
+
+@pytest.fixture(scope="module")
+def fresh_server(tmp_path_factory, tiny_model_path):
+    """A fresh install: an empty user cache (its converted models linked in), so the explorer offers the shipped models."""
+    from core.paths import cache_dir
+
+    cache = tmp_path_factory.mktemp("fresh_cache")
+    (cache / "models").symlink_to(cache_dir() / "models", target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if k != "RLHF_WORKBENCH_REWARD_MODELS"}
+    yield from _streamlit(tmp_path_factory, base=env, RLHF_WORKBENCH_CACHE=str(cache))
+
+
+def _streamlit(tmp_path_factory, base: dict | None = None, **extra):
+    """Run ``streamlit run workbench/app.py`` (tiny model, short trainings, a fresh run store); yields its URL."""
+    port = _free_port()
+    env = dict(base if base is not None else os.environ, RLHF_WORKBENCH_MODEL="tiny-random-llama", RLHF_WORKBENCH_SHORT=json.dumps(SHORT),
                RLHF_WORKBENCH_RUNS=str(tmp_path_factory.mktemp("browser_runs")), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
     log = open(tmp_path_factory.mktemp("streamlit") / "server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "workbench/app.py", "--server.address", "127.0.0.1",
@@ -112,7 +128,7 @@ def server(tmp_path_factory, tiny_model_path):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def page():
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 800})
@@ -211,6 +227,32 @@ def test_explorer_slider_changes_heatmap(page, server):
         arg=before)
     after = _heatmap_total(page)
     assert after != before
+
+
+SHIPPED_ROWS = ["toxicity", "toxicity_sentence", "hh_holistic", "hh_holistic_redistributed", "finegrained_c1", "finegrained_c2",
+                "preference_c3", "preference_c3_redistributed"]
+
+
+def test_explorer_on_a_fresh_install_offers_and_draws_the_shipped_models(page, fresh_server):
+    """No training step: the heatmap has a row for holistic HH, C1, C2, C3, the RED view of HH and C3 and
+    toxicity, and the text coloured by the HH model's RED row shows the demo answer's tokens in colour."""
+    start = time.time()
+    _open(page, fresh_server, "explorer")
+    page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].some(d => d.data && d.data[0].type === 'heatmap')")
+    rows = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].find(d => d.data && d.data[0].type === 'heatmap').data[0].y")
+    assert sorted(rows) == sorted(SHIPPED_ROWS + ["total (weighted)"]), rows
+    _no_error(page)
+    page.get_by_text("Colour the text by").wait_for()
+    page.locator('[data-testid="stSelectbox"]').filter(has_text="Colour the text by").click()
+    page.get_by_role("option", name="hh_holistic_redistributed", exact=True).click()
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
+    page.get_by_text("hh_holistic_redistributed: blue > 0 > red").wait_for()
+    coloured = page.locator("div[style*='pre-wrap'] span[style*='rgba']")
+    assert coloured.count() > 5  # RED spreads the holistic score over the demo answer's tokens
+    assert re.fullmatch(r"-?[0-9.e-]+", coloured.first.get_attribute("title").split(" · ")[0])
+    assert page.locator("span[data-span^='Irrelevant (C1)']").count() > 5  # the demo answer's human span, on its tokens
+    _no_error(page)
+    print(f"fresh-install explorer: shipped models scored and drawn in {time.time() - start:.1f} s")
 
 
 def test_lab_short_ppo_curve_appears(page, server):

@@ -276,8 +276,55 @@ def uses_encoder(feature_set: str) -> bool:
     return "emb" in feature_set or "cos" in feature_set
 
 
+TOKEN_RE = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token pattern, so build and scoring agree
+
+
+class WordNgrams:
+    """tf-idf of a text's word n-grams over a fixed vocabulary (the "+words" feature sets).
+
+    x_g = (1 + log count_g) * idf_g for each vocabulary n-gram g (n <= ngram_max) of the lower-cased
+    words, then x / ||x||_2: scikit-learn's ``TfidfVectorizer(ngram_range=(1, ngram_max),
+    sublinear_tf=True)`` transform, re-implemented so a head needs no pickle (tested equal).
+    spec: {"ngram_max", "vocabulary": [n-gram, ...], "idf": [...]} (``head.json``'s "words").
+    """
+
+    def __init__(self, spec: dict):
+        import numpy as np
+
+        self.ngram_max = int(spec["ngram_max"])
+        self.index = {g: i for i, g in enumerate(spec["vocabulary"])}
+        self.idf = np.asarray(spec["idf"], dtype=np.float64)
+
+    def grams(self, text: str) -> list[str]:
+        toks = TOKEN_RE.findall(text.lower())
+        return [" ".join(toks[i : i + n]) for n in range(1, self.ngram_max + 1) for i in range(len(toks) - n + 1)]
+
+    def transform(self, texts):
+        """(n, V) sparse CSR matrix of l2-normalised tf-idf rows."""
+        import numpy as np
+        from scipy.sparse import csr_matrix
+
+        data, cols, ptr = [], [], [0]
+        for t in texts:
+            counts: dict[int, int] = {}
+            for g in self.grams(t):
+                j = self.index.get(g)
+                if j is not None:
+                    counts[j] = counts.get(j, 0) + 1
+            j = np.array(sorted(counts), dtype=np.int64)
+            v = (1 + np.log(np.array([counts[k] for k in j], dtype=np.float64))) * self.idf[j] if len(j) else np.zeros(0)
+            norm = np.sqrt((v * v).sum())
+            data.extend((v / norm if norm > 0 else v).tolist()), cols.extend(j.tolist()), ptr.append(len(cols))
+        return csr_matrix((np.array(data), np.array(cols, dtype=np.int64), np.array(ptr)), shape=(len(texts), len(self.idf)))
+
+
+def dense_feature_set(feature_set: str) -> str:
+    """The answer/segment feature set of a head whose word n-grams are added by "+words" ("words" alone: lexical, weight 0)."""
+    return {"words": "lexical"}.get(feature_set, feature_set.removesuffix("+words"))
+
+
 class LinearHead:
-    """logit = coef . ((x - mean) / scale) + intercept, from ``head.json``."""
+    """logit = coef . ((x - mean) / scale) + intercept [+ words_coef . tfidf(text)], from ``head.json``."""
 
     def __init__(self, spec: dict):
         import numpy as np
@@ -286,9 +333,18 @@ class LinearHead:
         self.feature_set = spec["feature_set"]
         self.mean, self.scale = np.array(spec["mean"]), np.array(spec["scale"])
         self.coef, self.intercept = np.array(spec["coef"]), float(spec["intercept"])
+        words = spec.get("words")
+        self.words = WordNgrams(words) if words else None
+        self.words_coef = np.array(words["coef"]) if words else None
 
-    def __call__(self, X):
-        return ((X - self.mean) / self.scale) @ self.coef + self.intercept
+    def __call__(self, X, texts=None):
+        """X: (n, d) features; texts: the n answers, needed when the head reads word n-grams."""
+        out = ((X - self.mean) / self.scale) @ self.coef + self.intercept
+        if self.words is not None:
+            if texts is None:
+                raise ValueError("this head reads word n-grams: pass the texts")
+            out = out + self.words.transform(list(texts)) @ self.words_coef
+        return out
 
     @classmethod
     def load(cls, folder: str | Path) -> "LinearHead":
@@ -318,8 +374,8 @@ class HeadPreferenceReward:
 
     def score_texts(self, prompts, responses) -> list[float]:
         """Raw scores r(x, y)."""
-        X, _ = answer_features(list(prompts), list(responses), self.head.feature_set)
-        return [float(v) for v in self.head(X)]
+        X, _ = answer_features(list(prompts), list(responses), dense_feature_set(self.head.feature_set))
+        return [float(v) for v in self.head(X, responses)]
 
     def normalise(self, raw):
         return [(r - self.mean) / self.std for r in raw]

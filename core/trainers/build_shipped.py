@@ -51,6 +51,9 @@ SHIPPED_DIR = Path(__file__).resolve().parents[1] / "reward_heads"
 MODELS = ("hh-holistic", "c3-completeness", "c1-relevance", "c2-factuality")
 HELD_OUT, VALIDATION = 0.25, 0.20
 C_GRID = (0.01, 0.1, 1.0)
+WORDS_GRID = tuple((n, d, w) for n in (1, 2) for d in (3, 5) for w in (0.0, 0.1, 0.3))
+"""(n-gram length <= n, min answers per n-gram, weight of the dense answer features) tried for the holistic HH head"""
+WORDS_C_GRID = (0.1, 0.3, 1.0)
 
 
 @dataclass
@@ -139,6 +142,33 @@ def fit_pairwise(Fc: np.ndarray, Fr: np.ndarray, C: float) -> dict:
     return {"mean": mean.tolist(), "scale": scale.tolist(), "coef": lr.coef_[0].tolist(), "intercept": 0.0}
 
 
+def fit_pairwise_words(chosen: list[str], rejected: list[str], Fc: np.ndarray, Fr: np.ndarray, C: float,
+                       ngram_max: int, min_df: int, dense_weight: float) -> dict:
+    """Bradley-Terry head on tf-idf word n-grams of the answer plus ``dense_weight`` * z(dense features).
+
+    The vocabulary (n-grams in at least ``min_df`` of these answers) and idf come from the answers given,
+    so they are fitted on the training side only. Returns a ``head.json`` dict with a "words" entry
+    (``heads.WordNgrams``); the dense weight is folded into the dense coefficients.
+    """
+    from scipy.sparse import csr_matrix, hstack, vstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vec = TfidfVectorizer(ngram_range=(1, ngram_max), min_df=min_df, sublinear_tf=True, token_pattern=heads.TOKEN_RE.pattern)
+    vec.fit(list(chosen) + list(rejected))
+    vocabulary = sorted(vec.vocabulary_, key=vec.vocabulary_.get)
+    words = heads.WordNgrams({"ngram_max": ngram_max, "vocabulary": vocabulary, "idf": vec.idf_.tolist()})
+    mean, scale = _standardise(np.vstack([Fc, Fr]))
+    D = hstack([words.transform(chosen) - words.transform(rejected), csr_matrix(dense_weight * (Fc - Fr) / scale)]).tocsr()
+    lr = LogisticRegression(C=C, fit_intercept=False, max_iter=5000)
+    lr.fit(vstack([D, -D]), np.r_[np.ones(D.shape[0]), np.zeros(D.shape[0])])
+    coef = lr.coef_[0]
+    V = len(vocabulary)
+    return {"mean": mean.tolist(), "scale": scale.tolist(), "coef": (dense_weight * coef[V:]).tolist(), "intercept": 0.0,
+            "words": {"ngram_max": ngram_max, "min_df": min_df, "dense_weight": dense_weight, "vocabulary": vocabulary,
+                      "idf": vec.idf_.tolist(), "coef": coef[:V].tolist()}}
+
+
 def fit_classifier(X: np.ndarray, y: np.ndarray, C: float, balanced: bool) -> dict:
     from sklearn.linear_model import LogisticRegression
 
@@ -213,6 +243,7 @@ def build_pairwise(name: str, data: Path, cache: Path, n_boot: int) -> tuple[dic
         Fr, cut_r = heads.answer_features(prompts, rejected, fs, cache)
         feats[fs] = (Fc, Fr, cut_c + cut_r)
     tr, va, ho = side == "train", side == "validation", side == "held_out"
+    chosen, rejected = np.array(chosen, dtype=object), np.array(rejected, dtype=object)
     selection = []
     for fs in feature_sets:
         Fc, Fr, _ = feats[fs]
@@ -220,12 +251,26 @@ def build_pairwise(name: str, data: Path, cache: Path, n_boot: int) -> tuple[dic
             h = fit_pairwise(Fc[tr], Fr[tr], C)
             acc = _pair_accuracy(h, Fc[va], Fr[va])
             selection.append({"feature_set": fs, "C": C, "validation_accuracy": round(acc, 4)})
+    if name == "hh-holistic":  # + tf-idf word n-grams of the answer (WORDS_GRID), beside the dense answer features
+        Fc, Fr, _ = feats["lexical+tox"]
+        for ngram_max, min_df, dense_weight in WORDS_GRID:
+            for C in WORDS_C_GRID:
+                h = fit_pairwise_words(chosen[tr], rejected[tr], Fc[tr], Fr[tr], C, ngram_max, min_df, dense_weight)
+                acc = _pair_accuracy(h, Fc[va], Fr[va], chosen[va], rejected[va])
+                selection.append({"feature_set": "lexical+tox+words" if dense_weight else "words", "C": C, "ngram_max": ngram_max,
+                                  "min_df": min_df, "dense_weight": dense_weight, "validation_accuracy": round(acc, 4)})
     best = max(selection, key=lambda s: s["validation_accuracy"])  # first of equals: the simpler, stronger-regularised
-    Fc, Fr, cut = feats[best["feature_set"]]
+    fs = best["feature_set"]
+    Fc, Fr, cut = feats[heads.dense_feature_set(fs)]
     fit = tr | va
-    head = {"feature_set": best["feature_set"], "C": best["C"], **fit_pairwise(Fc[fit], Fr[fit], best["C"])}
+    if "words" in fs:
+        fitted = fit_pairwise_words(chosen[fit], rejected[fit], Fc[fit], Fr[fit], best["C"], best["ngram_max"], best["min_df"],
+                                    best["dense_weight"])
+    else:
+        fitted = fit_pairwise(Fc[fit], Fr[fit], best["C"])
+    head = {"feature_set": fs, "C": best["C"], **fitted}
     lin = heads.LinearHead(head)
-    margin = lin(Fc[ho]) - lin(Fr[ho])
+    margin = lin(Fc[ho], chosen[ho]) - lin(Fr[ho], rejected[ho])
     longer = np.sign(np.array([len(c) for c in chosen]) - np.array([len(r) for r in rejected]))[ho]
     g = groups[ho]
     held = {
@@ -235,7 +280,7 @@ def build_pairwise(name: str, data: Path, cache: Path, n_boot: int) -> tuple[dic
                                                         - (longer[i] > 0).mean() - 0.5 * (longer[i] == 0).mean()), n_boot),
         "pairs": int(ho.sum()), "groups": int(len(np.unique(g))),
     }
-    raw = np.concatenate([lin(Fc[fit]), lin(Fr[fit])])
+    raw = np.concatenate([lin(Fc[fit], chosen[fit]), lin(Fr[fit], rejected[fit])])
     meta = {
         "kind": "preference", "category": "C3" if name == "c3-completeness" else None, "level": "sequence",
         "name": "c3_completeness" if name == "c3-completeness" else "holistic",
@@ -247,9 +292,9 @@ def build_pairwise(name: str, data: Path, cache: Path, n_boot: int) -> tuple[dic
     return head, meta
 
 
-def _pair_accuracy(head: dict, Fc, Fr) -> float:
+def _pair_accuracy(head: dict, Fc, Fr, chosen=None, rejected=None) -> float:
     lin = heads.LinearHead({"feature_set": "", **head})
-    m = lin(Fc) - lin(Fr)
+    m = lin(Fc, chosen) - lin(Fr, rejected)
     return float((m > 0).mean() + 0.5 * (m == 0).mean())
 
 
@@ -313,8 +358,14 @@ def _sigmoid(z):
 
 def write_model(folder: Path, head: dict, meta: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    r = lambda v: round(v, 8) if isinstance(v, float) else v  # noqa: E731 - stable, readable JSON
-    head = {k: ([r(x) for x in v] if isinstance(v, list) else r(v)) for k, v in head.items()}
+    def r(v):  # stable, readable JSON: floats to 8 decimals, at any depth
+        if isinstance(v, float):
+            return round(v, 8)
+        if isinstance(v, dict):
+            return {k: r(x) for k, x in v.items()}
+        return [r(x) for x in v] if isinstance(v, list) else v
+
+    head = r(head)
     (folder / heads.HEAD_FILE).write_text(json.dumps(head, separators=(",", ":")) + "\n")
     (folder / "workbench_reward.json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -346,6 +397,9 @@ def build(config: BuildConfig) -> dict[str, dict]:
                                      f"{VALIDATION:.0%} of the rest validation, the rest train",
                             **meta["training"]}
         meta["training"]["chosen"] = {k: head[k] for k in ("feature_set", "C", "balanced") if k in head}
+        if "words" in head:
+            meta["training"]["chosen"].update({k: head["words"][k] for k in ("ngram_max", "min_df", "dense_weight")})
+            meta["training"]["chosen"]["vocabulary"] = len(head["words"]["vocabulary"])
         write_model(out / name, head, meta)
         result[name] = meta
         print(f"{summary_line(name, meta)} | {time.time() - t0:.0f} s", flush=True)
