@@ -108,6 +108,26 @@ def test_group_split_is_by_key_and_bootstrap_is_exact_for_constants():
     assert bootstrap_ci(np.array([0, 0, 1, 2]), lambda i: 0.5, n=20) == (0.5, 0.5)
 
 
+def test_word_ngrams_equal_sklearn_tfidf_and_a_words_head_reads_the_text():
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    train = ["I am sorry, I can't help with that.", "Sure! Here is how to pick a lock: a lock, a lock.", "Café 42 it"]
+    test = ["sorry SORRY, a lock is here", "nothing known", "café"]
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(train)
+    vocabulary = sorted(vec.vocabulary_, key=vec.vocabulary_.get)
+    words = heads.WordNgrams({"ngram_max": 2, "vocabulary": vocabulary, "idf": vec.idf_.tolist()})
+    np.testing.assert_allclose(words.transform(test).toarray(), vec.transform(test).toarray(), rtol=0, atol=1e-12)
+    assert words.transform(["nothing known"]).nnz == 0  # no vocabulary n-gram: a zero row, not a division by 0
+    # a head on the words alone: the score is coef . tfidf("sorry") = the coef of "sorry" (a unit row)
+    coef = [2.0 if g == "sorry" else 0.0 for g in vocabulary]
+    head = heads.LinearHead({"feature_set": "words", "mean": [0.0], "scale": [1.0], "coef": [0.0], "intercept": 0.0,
+                             "words": {"ngram_max": 2, "vocabulary": vocabulary, "idf": vec.idf_.tolist(), "coef": coef}})
+    assert head(np.zeros((2, 1)), ["Sorry.", "a lock"]).tolist() == [2.0, 0.0]
+    with pytest.raises(ValueError, match="texts"):
+        head(np.zeros((1, 1)))
+
+
 # ----------------------------------------------------------------------------- the shipped folder
 
 
@@ -122,6 +142,8 @@ def test_shipped_files_are_small_and_complete():
         head = heads.LinearHead.load(SHIPPED / name)
         assert meta["backend"] == "head" and meta["backbone"]["sha256"] and meta["training"]["data_sha256"]
         assert len(head.coef) == len(head.mean) == len(head.scale)
+        if head.words is not None:
+            assert len(head.words_coef) == len(head.words.idf) == len(head.words.index)
 
 
 def test_shipped_figures_beat_their_baselines():
@@ -133,6 +155,7 @@ def test_shipped_figures_beat_their_baselines():
     assert f["c1-relevance"]["accuracy"]["value"] > f["c1-relevance"]["majority_accuracy"]["value"]
     assert f["c2-factuality"]["f1_error"]["value"] >= 0.45
     assert f["c3-completeness"]["accuracy"]["value"] >= f["c3-completeness"]["longer_wins"]["value"] + 0.05
+    assert f["hh-holistic"]["accuracy"]["value"] >= 0.65 and f["hh-holistic"]["groups"] >= 400
 
 
 def test_shipped_data_hash_matches_the_shared_data(shared_data):

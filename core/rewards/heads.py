@@ -18,7 +18,9 @@ MiniLM embeddings of the response or segment (cut to ``MAX_TOKENS`` word pieces,
 as truncations), cosine similarities with the question and with earlier segments, and
 lexical grounding: which content words, numbers and capitalised names of a segment
 occur in the question, the passages or earlier segments; for answers, optionally the
-profanity probability of alt-profanity-check (the workbench's default toxicity scorer). A QA-Feedback prompt
+profanity probability of alt-profanity-check (the workbench's default toxicity scorer) and
+("+words") the tf-idf of the answer's word n-grams over a vocabulary stored in ``head.json``
+(``WordNgrams``; the holistic HH head reads them). A QA-Feedback prompt
 (``question: Q context: wikipage: ...``) is split into question and passages in full:
 nothing of it is cut. Any other prompt is the question, with no passages.
 

@@ -4,7 +4,7 @@ What it is: one deterministic command that fits the four shipped heads of
 ``core.rewards.heads`` from ``../shared/data`` and measures them on questions (prompts)
 that no choice was tuned on:
 
-    hh-holistic      HH-RLHF harmless-base pairs          Bradley-Terry on answer features
+    hh-holistic      HH-RLHF harmless-base pairs          Bradley-Terry on answer features (+ word n-gram tf-idf)
     c3-completeness  QA-Feedback pairwise preferences     Bradley-Terry on answer features (C3)
     c1-relevance     QA-Feedback human spans, C1          logistic regression per sub-sentence
     c2-factuality    QA-Feedback human spans, C2          logistic regression per sentence
@@ -23,7 +23,9 @@ Protocol (the same for all four):
                   encoder's content hash and the data files' sha256.
 
 Bradley-Terry with a linear score r(x, y) = w . z(x, y) (z: standardised features) is a logistic
-regression without intercept on z(chosen) - z(rejected), each pair used in both orders.
+regression without intercept on z(chosen) - z(rejected), each pair used in both orders. The holistic
+HH head may add the answer's word n-grams: r = u . tfidf(y) + a * w . z(x, y), with the vocabulary and
+idf fitted on the training answers (grid ``WORDS_GRID`` x ``WORDS_C_GRID``, chosen on validation).
 
 What it leaves out: the causal-LM reward models (``core.trainers.reward``, ``core.trainers.finegrained``),
 which a user trains in the app; any tuning on the held-out groups.
