@@ -39,9 +39,9 @@
 # --rewards NAME=redistributed:FOLDER`), and the paper's optional reshaping of $r_t$. Two reward models are used:
 # a **synthetic causal** one whose score is a sum of known per-token values (so every redistributed reward can be
 # checked exactly, through `core`'s one-pass and windowed code), and the **shipped HH-RLHF holistic head**
-# (`core/reward_heads/hh-holistic`, a Bradley–Terry head on lexical and profanity features, 0.616 held-out pairwise
-# accuracy, see `docs/reward_models.md`), in domain for the HH-RLHF reply it scores, for realistic numbers. Runs in
-# seconds on CPU; no model weights are loaded (only the SmolLM2 tokenizer).
+# (`core/reward_heads/hh-holistic`, a Bradley–Terry head on the answer's words and a few lexical and profanity
+# features, 0.654 held-out pairwise accuracy, see `docs/reward_models.md`), in domain for the HH-RLHF reply it
+# scores, for realistic numbers. Runs in seconds on CPU; no model weights are loaded (only the SmolLM2 tokenizer).
 #
 # **How to run.** `.venv/bin/jupyter lab notebooks/` from the project root (see `notebooks/README.md`). The HH-RLHF
 # pair is read from `../shared/data/hh_rlhf/`, the QA-Feedback answer of section 8 from `../shared/data/qa_feedback/`;
@@ -358,9 +358,10 @@ print(f"Exercise 6.2: shaping the sparse reward with Phi = prefix score gives RE
 # ## 5. A shipped, in-domain reward model: the HH-RLHF holistic head
 #
 # The synthetic model makes every number checkable; the shipped HH head makes them realistic. It is a Bradley–Terry
-# model trained on HH-RLHF harmless-base pairs: a linear score on standardised answer features (log number of words
-# and sentences, asks a question, declines — "sorry", "can't", "I don't" —, repeated trigrams, and the answer's
-# profanity probability), 0.616 pairwise accuracy on 471 held-out pairs (`docs/reward_models.md`). Its RED component
+# model trained on HH-RLHF harmless-base pairs: a linear score on the tf-idf of the answer's words (a weight per
+# word of a 1,648-word vocabulary) plus standardised answer features (log number of words and sentences, asks a
+# question, declines — "sorry", "can't", "I don't" —, repeated trigrams, and the answer's profanity probability),
+# 0.654 pairwise accuracy on 471 held-out pairs (`docs/reward_models.md`). Its RED component
 # (`load_reward_component(folder, redistribute=True)`, `core.rewards.heads.HeadRedistributedReward`) reads $R$ on the
 # response prefix ending at each **policy** token: $r_k = (R(x, y_{\le e_k}) - R(x, y_{\le e_{k-1}}))/\sigma$ with
 # $R(x, y_{\le e_0}) = R(x, \text{""})$ and $\sigma$ the training-set std of its scores. No tokenizer of its own, so
@@ -401,10 +402,11 @@ display(HTML("".join(f"<p><b>{which}</b></p>" + token_heat_html(replies[which], 
                      for which in replies)))
 
 # %% [markdown]
-# Read the colours against the features: every new word costs a little, less as the answer grows (the score falls
-# with the log of the word count), a full stop costs more (the log of the sentence count), a question mark costs
-# (asks a question), and " sorry" earns a jump (declines); a word that raised the profanity probability would cost.
-# That is what a linear head on answer-level features *can* credit; it cannot say which fact is harmful. RED is only
+# Read the colours against the features: each word moves the score by its own learned weight (words annotators
+# preferred, such as declining or redirecting ones, earn; words of complying answers cost), diluted as the answer
+# grows (the tf-idf row has unit length), a full stop moves the log of the sentence count, and " sorry" also switches
+# on the "declines" feature; a word that raised the profanity probability would cost. That is what a linear head on
+# words and answer-level features *can* credit; it cannot say which fact is harmful. RED is only
 # as good as the holistic model's prefix scores.
 #
 # ## 6. When per-token credit changes learning: GAE, $\lambda$ and the critic
