@@ -321,8 +321,9 @@ class WordNgrams:
 
 
 def dense_feature_set(feature_set: str) -> str:
-    """The answer/segment feature set of a head whose word n-grams are added by "+words" ("words" alone: lexical, weight 0)."""
-    return {"words": "lexical"}.get(feature_set, feature_set.removesuffix("+words"))
+    """The dense feature set of a head that adds word n-grams ("+words"); "words" alone is fitted
+    beside the lexical + profanity features at weight 0 (``build_shipped.fit_pairwise_words``), so it reads them too."""
+    return {"words": "lexical+tox"}.get(feature_set, feature_set.removesuffix("+words"))
 
 
 class LinearHead:
