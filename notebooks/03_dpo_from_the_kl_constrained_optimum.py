@@ -27,7 +27,16 @@
 #    "push chosen up, push rejected down";
 # 4. check on a tabular toy (3 prompts x 4 responses, known reward) that minimising
 #    `core.losses.dpo_loss` recovers $\pi^*$ exactly with infinite data and approximately with samples;
-# 5. explain why the "chosen reward" logged by DPO trainers can fall while the margin grows.
+# 5. trace the exact reward–KL frontier that $\beta$ sweeps out, and see DPO trained on sampled pairs land on it;
+# 6. extend Bradley–Terry to $K$-way rankings (Plackett–Luce; $K = 2$ is Bradley–Terry) and tell it apart from
+#    InstructGPT's $\binom K2$ pairwise loss;
+# 7. show that preferences pin the reward down only along the comparisons made: with a comparison graph in two pieces,
+#    two different rewards (and two different optimal policies) fit the data equally well;
+# 8. explain why the "chosen reward" logged by DPO trainers can fall while the margin grows.
+#
+# **Exercises.** 3.1 the optimal policy $\pi^*$; 3.2 the DPO loss; 3.3 a reward the data cannot tell apart.
+# Each is graded by the cell after it. Set `SOLUTIONS = True` below to fill them in with the reference solutions
+# (`notebooks/solutions/nb03.py`).
 #
 # **What it leaves out.** Language models (the toy policy is a table of logits: the maths is the same,
 # since DPO only ever sees $\log\pi(y\mid x)$ of whole responses), IPO/cDPO variants, and the
@@ -38,15 +47,18 @@
 # %%
 import os
 
+SOLUTIONS = os.environ.get("RLHF_WORKBENCH_SOLUTIONS", "0") == "1"  # True: the exercises use the reference solutions
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import itertools
+import math
 
+import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from core.losses import bradley_terry_loss, dpo_loss
+from core.losses import bradley_terry_loss, dpo_loss, ranking_loss
 
 torch.manual_seed(0)
 torch.set_default_dtype(torch.float64)  # exact maths on a toy: float64 lets us assert tight tolerances
@@ -91,9 +103,32 @@ reward = torch.tensor([[2.0, 1.0, 0.0, -1.0],
                        [0.5, -0.5, 1.5, 0.0],
                        [3.0, 1.0, -2.0, 0.0]])  # (X, Y), the "true" r(x, y), unknown to DPO
 
+
+# %% [markdown]
+# ### Exercise 3.1 — the optimal policy $\pi^*$
+#
+# Write `optimal_log_policy(log_pi_ref, reward, beta)`: $\log\pi^*(y\mid x) = \log\pi_{\text{ref}}(y\mid x) + r(x,y)/\beta - \log Z(x)$
+# for every prompt (row). Shapes: (X, Y), (X, Y), float → (X, Y). Compute $\log Z$ with `torch.logsumexp`, not
+# `log(sum(exp(...)))` (it overflows at small $\beta$). **Graded** by the next cell: each row must be a distribution, its
+# objective must equal $\beta\log Z(x)$ and beat 1,000 random policies, and it must survive $\beta = 10^{-3}$.
+# Section 5 sweeps $\beta$ with it.
+
+# %%
+def optimal_log_policy(log_pi_ref, reward, beta):
+    """log pi*(y|x) of the KL-regularised objective, one row per prompt. (X, Y), (X, Y), float -> (X, Y)."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise 3.1: log pi_ref + r / beta, normalised per row in log space")
+
+
+if SOLUTIONS:
+    from solutions.nb03 import optimal_log_policy  # noqa: F811
+
+# %%
 log_Z = torch.logsumexp(log_pi_ref + reward / beta, dim=-1)  # (X,)
-log_pi_star = log_pi_ref + reward / beta - log_Z[:, None]  # (X, Y)
+log_pi_star = optimal_log_policy(log_pi_ref, reward, beta)  # (X, Y), Exercise 3.1
 pi_star = log_pi_star.exp()
+assert_close(pi_star.sum(-1), torch.ones(n_prompts))
+assert torch.isfinite(optimal_log_policy(log_pi_ref, reward, 1e-3)).all()
 print("pi_ref :\n", log_pi_ref.exp().numpy().round(3))
 print("pi*    :\n", pi_star.numpy().round(3))
 print("log Z(x):", log_Z.numpy().round(3))
@@ -114,6 +149,7 @@ kl_to_star = (random_log_pi.exp() * (random_log_pi - log_pi_star)).sum(-1)  # (N
 assert_close(objective(random_log_pi), beta * log_Z - beta * kl_to_star)
 assert_close(objective(log_pi_star), beta * log_Z)
 assert (objective(random_log_pi) <= objective(log_pi_star) + 1e-12).all()
+print("Exercise 3.1: pi* is normalised and attains the maximum beta log Z")
 print("J(pi*) = beta log Z =", objective(log_pi_star).numpy().round(4),
       "| best of 1000 random policies:", objective(random_log_pi).max(0).values.numpy().round(4))
 
@@ -148,22 +184,35 @@ for x, i, j in [(0, 0, 1), (1, 2, 3), (2, 3, 1)]:
 print("r_hat at pi* minus r (a constant per prompt, -beta log Z):\n", (implicit_star - reward).numpy().round(4))
 
 # %% [markdown]
+# ### Exercise 3.2 — the DPO loss
+#
 # `core.losses.dpo_loss` takes the four summed log-probabilities that a DPO step computes
 # (`policy_chosen_logps`, `policy_rejected_logps`, `ref_chosen_logps`, `ref_rejected_logps`).
-# Our hand-written loss is one line; it must equal core's, and also equal the Bradley–Terry loss on the
-# implicit rewards:
+# Write `my_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)`: DPO
+# eq. 7 per pair, shapes (B,) × 4 → (B,). **Graded** against `core.losses.dpo_loss` (and the Bradley–Terry loss on the
+# implicit rewards), including a pair with a log-ratio gap of 400 nats where a naive `log(sigmoid(...))` returns `inf`.
 
 # %%
-def my_dpo_loss(pol_c, pol_r, ref_c, ref_r, beta):
-    return -F.logsigmoid(beta * (pol_c - ref_c) - beta * (pol_r - ref_r))
+def my_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
+    """DPO eq. 7 per pair from summed log-probs under the policy and the reference. (B,) x 4 -> (B,)."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise 3.2: -log sigmoid(beta * (log-ratio chosen - log-ratio rejected))")
 
 
+if SOLUTIONS:
+    from solutions.nb03 import my_dpo_loss  # noqa: F811
+
+# %%
 pol_c, pol_r = torch.tensor([-3.0, -10.0, -1.2]), torch.tensor([-4.0, -7.5, -1.1])
 ref_c, ref_r = torch.tensor([-3.5, -9.0, -1.0]), torch.tensor([-3.5, -8.0, -1.5])
 core_losses, core_chosen_rewards, core_rejected_rewards = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=beta)
 assert_close(my_dpo_loss(pol_c, pol_r, ref_c, ref_r, beta), core_losses)
 assert_close(core_chosen_rewards, beta * (pol_c - ref_c))
 assert_close(bradley_terry_loss(core_chosen_rewards, core_rejected_rewards), core_losses)
+far = torch.tensor([-500.0, -100.0])  # a pair mis-ordered by 400 nats, and the reverse
+assert_close(my_dpo_loss(far, far.flip(0), torch.zeros(2), torch.zeros(2), 1.0),
+             dpo_loss(far, far.flip(0), torch.zeros(2), torch.zeros(2), beta=1.0)[0])
+print("Exercise 3.2: my_dpo_loss matches core.losses.dpo_loss")
 print("DPO losses:", core_losses.numpy().round(4))
 
 # %% [markdown]
@@ -297,7 +346,221 @@ print(f"max |pi_theta - pi*| = {finite_error:.3f}")
 assert finite_error < 0.05
 
 # %% [markdown]
-# ## 6. Why the chosen reward can go down while the margin grows
+# ## 6. Sweeping $\beta$: the exact reward–KL frontier, and where DPO lands on it
+#
+# $\beta$ is the price of one nat of KL. Each $\beta$ gives one optimal policy $\pi^*_\beta$, with an expected reward
+# $\mathbb E_{\pi^*_\beta}[r]$ and a divergence $\mathrm{KL}(\pi^*_\beta\,\|\,\pi_{\text{ref}})$. Because $\mathbb E_\pi[r]$ is linear in
+# $\pi$ and the KL is convex, the curve these trace as $\beta$ runs from $\infty$ (stay at $\pi_{\text{ref}}$) to $0$ (put
+# all mass on the best response) is the **frontier**: no policy has a higher expected reward at the same KL, and
+# $\beta$ is the slope's inverse there ($d\,\mathbb E[r] / d\,\mathrm{KL} = \beta$). We compute it exactly with your
+# `optimal_log_policy` (averaging both coordinates over the 3 prompts), and train DPO on the *same* 12,000 sampled
+# comparisons of section 5 at five values of $\beta$. DPO never sees $r$, only the labels, yet each run should land
+# close to the frontier at its own $\beta$, and can never land above it: for every policy
+# $J_\beta(\pi) = \beta\log Z_\beta - \beta\,\mathrm{KL}(\pi\,\|\,\pi^*_\beta) \le \beta\log Z_\beta$ (section 1).
+
+# %%
+def reward_and_kl(log_pi):
+    """Mean over prompts of E_pi[r] and of KL(pi || pi_ref). log_pi: (X, Y) -> (float, float)."""
+    pi = log_pi.exp()
+    return (pi * reward).sum(-1).mean().item(), (pi * (log_pi - log_pi_ref)).sum(-1).mean().item()
+
+
+def fit_dpo_on_samples(beta_):
+    """Minimise the mean dpo_loss over the sampled comparisons of section 5 at this beta; returns log pi_theta (X, Y)."""
+    theta_b = ref_logits.clone().requires_grad_()
+    lbfgs = torch.optim.LBFGS([theta_b], lr=1.0, max_iter=500, tolerance_grad=1e-10, tolerance_change=1e-14,
+                              line_search_fn="strong_wolfe")
+
+    def closure_b():
+        lbfgs.zero_grad()
+        log_pi = torch.log_softmax(theta_b, dim=-1)
+        losses, _, _ = dpo_loss(log_pi[s_x, s_chosen], log_pi[s_x, s_rejected],
+                                log_pi_ref[s_x, s_chosen], log_pi_ref[s_x, s_rejected], beta=beta_)
+        losses.mean().backward()
+        return losses.mean()
+
+    lbfgs.step(closure_b)
+    return torch.log_softmax(theta_b.detach(), dim=-1)
+
+
+sweep_betas = torch.logspace(-1.3, 1.3, 60).tolist()  # 0.05 .. 20
+frontier = [reward_and_kl(optimal_log_policy(log_pi_ref, reward, b)) for b in sweep_betas]  # [(E r, KL)]
+dpo_betas = [0.25, 0.5, 1.0, 2.0, 4.0]
+print("  beta   E_pi*[r]  KL(pi*||ref) |  DPO on samples: E[r]   KL   beta*KL(pi_dpo||pi*)")
+dpo_points = []
+for b in dpo_betas:
+    log_pi_b = fit_dpo_on_samples(b)
+    log_star_b = optimal_log_policy(log_pi_ref, reward, b)
+    r_star, kl_star = reward_and_kl(log_star_b)
+    r_dpo, kl_dpo = reward_and_kl(log_pi_b)
+    J_dpo = (log_pi_b.exp() * (reward - b * (log_pi_b - log_pi_ref))).sum(-1)  # (X,) J_beta(pi_dpo)
+    bound = b * torch.logsumexp(log_pi_ref + reward / b, dim=-1)  # (X,) beta log Z_beta = J_beta(pi*_beta)
+    gap = (bound - J_dpo).mean().item()  # = beta * KL(pi_dpo || pi*_beta), averaged over prompts
+    assert (J_dpo <= bound + 1e-9).all()  # nothing beats the optimum of its own beta
+    assert gap < 0.02 and abs(r_dpo - r_star) < 0.1  # DPO on 12,000 noisy labels lands next to pi*_beta
+    dpo_points.append((b, r_dpo, kl_dpo, r_star, kl_star))
+    print(f"{b:6.2f}  {r_star:8.3f}  {kl_star:12.3f} |  {r_dpo:21.3f}  {kl_dpo:5.3f}  {gap:.5f}")
+r_ref, _ = reward_and_kl(log_pi_ref)
+r_best = reward.max(-1).values.mean().item()
+assert frontier[0][0] > frontier[-1][0] and r_ref < frontier[-1][0] + 0.1 and frontier[0][0] < r_best
+
+fig = go.Figure()
+fig.add_trace(go.Scatter(x=[kl for _, kl in frontier], y=[r for r, _ in frontier], mode="lines", name="exact pi*_beta",
+                         text=[f"beta = {b:.3g}" for b in sweep_betas], hovertemplate="%{text}<br>KL %{x:.3f}<br>E[r] %{y:.3f}"))
+fig.add_trace(go.Scatter(x=[p[4] for p in dpo_points], y=[p[3] for p in dpo_points], mode="markers",
+                         marker=dict(symbol="circle-open", size=14, color="black"), name="pi*_beta at the DPO betas"))
+fig.add_trace(go.Scatter(x=[p[2] for p in dpo_points], y=[p[1] for p in dpo_points], mode="markers+text",
+                         marker=dict(size=8, color="firebrick"), text=[f"beta={p[0]}" for p in dpo_points],
+                         textposition="bottom right", name="DPO on 12,000 sampled comparisons"))
+fig.add_trace(go.Scatter(x=[0.0], y=[r_ref], mode="markers", marker=dict(symbol="x", size=10), name="pi_ref"))
+fig.add_hline(y=r_best, line_dash="dot", annotation_text="always pick the best response (beta -> 0)")
+fig.update_layout(title="The reward-KL frontier traced by beta, and DPO trained on samples at five betas",
+                  xaxis_title="KL(pi || pi_ref), mean over prompts [nats]", yaxis_title="expected true reward E_pi[r]",
+                  height=450)
+fig.show()
+
+# %% [markdown]
+# Small $\beta$ buys reward with KL at a falling rate: the last nats of KL buy little reward (the slope of the frontier
+# is $\beta$). In RLHF the true reward is not available, only a learned one, and the KL is what keeps the policy in the
+# region where that learned reward can be trusted (notebook 7 measures the over-optimisation). DPO's points sit next to
+# the frontier because with 4,000 comparisons per prompt the maximum-likelihood reward differences are close to the true
+# ones; with fewer comparisons they would scatter below it, never above.
+#
+# ## 7. Rankings of $K$ responses: Plackett–Luce
+#
+# InstructGPT's labellers ranked $K = 4$ to $9$ responses at once. The probabilistic model behind a ranking
+# $\tau$ (best first) is **Plackett–Luce**: the best response is chosen with a softmax over all $K$ rewards, the second
+# with a softmax over the remaining ones, and so on,
+#
+# $$
+# p(\tau\mid x) = \prod_{k=1}^{K}\frac{\exp r(x, y_{\tau(k)})}{\sum_{j=k}^{K}\exp r(x, y_{\tau(j)})}.
+# $$
+#
+# For $K = 2$ it is $\frac{e^{r_1}}{e^{r_1} + e^{r_2}} = \sigma(r_1 - r_2)$: Bradley–Terry. Every factor is a softmax over
+# responses of the **same** prompt, so adding $\beta\log Z(x)$ to every reward changes nothing, and substituting DPO's
+# implicit reward gives the DPO loss for rankings (DPO appendix A.3):
+# $-\log\prod_k \frac{\exp\hat r_\theta(x,y_{\tau(k)})}{\sum_{j\ge k}\exp\hat r_\theta(x,y_{\tau(j)})}$. Two properties we check by
+# enumerating all $K!$ rankings: the probabilities sum to 1, and the probability that $y_i$ is ranked above $y_j$ is
+# exactly $\sigma(r_i - r_j)$ (the Gumbel-race view: ranking by $r + $ Gumbel noise is Plackett–Luce, and a difference of
+# two Gumbels is logistic). InstructGPT's reward-model loss (`core.losses.ranking_loss`, eq. 1) instead averages the
+# Bradley–Terry losses of the $\binom K2$ pairs a ranking implies: it uses the right pairwise marginals but treats the
+# pairs as independent, so for $K > 2$ it is not the log-likelihood of the ranking; for $K = 2$ the two coincide.
+
+# %%
+def plackett_luce_nll(rewards):
+    """-log p(ranking) under Plackett-Luce. rewards: (P, K), each row ordered best first. Returns (P,)."""
+    suffix_logsumexp = torch.logcumsumexp(rewards.flip(-1), dim=-1).flip(-1)  # (P, K): log sum_{j >= k} exp r_j
+    return -(rewards - suffix_logsumexp).sum(-1)
+
+
+def plackett_luce_naive(r, ranking):
+    """p(ranking) by the sequential softmax, one pick at a time. r: (K,), ranking: best-first indices."""
+    prob, remaining = 1.0, list(ranking)
+    for pick in ranking:
+        prob *= (r[pick].exp() / r[remaining].exp().sum()).item()
+        remaining.remove(pick)
+    return prob
+
+
+K = n_responses
+r_rank = reward[2]  # prompt 2's rewards (3, 1, -2, 0)
+rankings = list(itertools.permutations(range(K)))  # all 24 rankings
+probs = {tau: math.exp(-plackett_luce_nll(r_rank[list(tau)][None]).item()) for tau in rankings}
+for tau in rankings[::5]:
+    assert abs(probs[tau] - plackett_luce_naive(r_rank, tau)) < 1e-12
+assert abs(sum(probs.values()) - 1.0) < 1e-12
+for i, j in itertools.permutations(range(K), 2):  # pairwise marginals are Bradley-Terry
+    p_above = sum(p for tau, p in probs.items() if tau.index(i) < tau.index(j))
+    assert abs(p_above - torch.sigmoid(r_rank[i] - r_rank[j]).item()) < 1e-12
+# Z cancels: pi*'s implicit rewards r_hat = r - beta log Z(x), shifted by any constant, give the same likelihood
+best_first = torch.argsort(r_rank, descending=True)
+assert_close(plackett_luce_nll(r_rank[best_first][None]),
+             plackett_luce_nll((implicit_star[2] + 7.0)[best_first][None]))
+# K = 2: Plackett-Luce = Bradley-Terry = InstructGPT's ranking loss
+two = torch.randn(5, 2)
+assert_close(plackett_luce_nll(two), bradley_terry_loss(two[:, 0], two[:, 1]))
+assert_close(plackett_luce_nll(two), ranking_loss(two))
+# K = 4 at equal rewards: Plackett-Luce says every one of the 4! rankings has probability 1/24; the sum of the
+# C(4,2) = 6 pairwise losses would be the log-likelihood of 6 independent coin flips, 1/64: not a model of rankings
+ties = torch.zeros(1, K)
+assert_close(plackett_luce_nll(ties), torch.tensor([math.log(math.factorial(K))]))
+assert_close(math.comb(K, 2) * ranking_loss(ties), torch.tensor([math.comb(K, 2) * math.log(2)]))
+pl_nll, pairwise = plackett_luce_nll(r_rank[best_first][None]).item(), ranking_loss(r_rank[best_first][None]).item()
+print(f"the most likely ranking {tuple(best_first.tolist())} has probability {probs[tuple(best_first.tolist())]:.3f}; "
+      f"PL NLL {pl_nll:.4f} vs C(4,2) x ranking_loss {math.comb(K, 2) * pairwise:.4f}; at equal rewards "
+      f"log 4! = {math.log(24):.4f} vs 6 log 2 = {6 * math.log(2):.4f}")
+
+# %% [markdown]
+# ## 8. Preferences identify the reward only along the comparisons made
+#
+# Bradley–Terry sees reward *differences* between compared responses. Section 2 showed one freedom it cannot see, a
+# constant per prompt, harmless because $\pi^*$ does not depend on it. Section 4 used *every* pair of a prompt, which
+# pins all differences. Now take prompt 1's four responses, rewards $(0.5, -0.5, 1.5, 0)$, and a data set that only ever
+# compares $y_0$ with $y_1$ and $y_2$ with $y_3$ (with $\beta = 1$ here): two groups that are never compared with each other. Then the
+# difference between the groups is invisible, and it is **not** harmless: it moves probability between the groups of
+# $\pi^*$.
+#
+# ### Exercise 3.3 — a reward the data cannot tell apart
+#
+# Write `indistinguishable_reward(reward, comparisons)`: return a reward $r'$ (shape (Y,)) that gives **every** compared
+# pair in `comparisons` (shape (C, 2), index pairs) the same Bradley–Terry probability as `reward`, but is **not**
+# `reward` plus a constant: $r' - r$ must vary by at least 1 across responses. Hint: what can you add to a whole group of responses? **Graded**: equal probabilities on
+# every comparison, $r' - r$ not constant; then the notebook shows that the DPO loss on these comparisons cannot tell
+# $\pi^*_r$ from $\pi^*_{r'}$, and that one bridging comparison can.
+
+# %%
+def indistinguishable_reward(reward, comparisons):
+    """A reward with the same Bradley-Terry probability on every listed comparison, not a constant shift of `reward`.
+    reward: (Y,); comparisons: (C, 2) index pairs. Returns (Y,)."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise 3.3: shift one group of compared responses, not the other")
+
+
+if SOLUTIONS:
+    from solutions.nb03 import indistinguishable_reward  # noqa: F811
+
+# %%
+r0, log_ref0 = reward[1], log_pi_ref[1]  # (Y,), (Y,) prompt 1
+beta_id = 1.0  # a weaker pull than beta = 0.5, so that pi* keeps visible mass on both groups
+comparisons = torch.tensor([[0, 1], [2, 3]])  # two groups, never compared with each other
+
+
+def expected_dpo_loss_on(comparisons, log_pi, true_reward):
+    """Expected DPO loss of a policy log_pi (Y,) on these comparisons, labels from Bradley-Terry with true_reward."""
+    i, j = comparisons[:, 0], comparisons[:, 1]
+    p_i = torch.sigmoid(true_reward[i] - true_reward[j])
+    loss_i, _, _ = dpo_loss(log_pi[i], log_pi[j], log_ref0[i], log_ref0[j], beta=beta_id)
+    loss_j, _, _ = dpo_loss(log_pi[j], log_pi[i], log_ref0[j], log_ref0[i], beta=beta_id)
+    return (p_i * loss_i + (1 - p_i) * loss_j).mean()
+
+
+r_other = indistinguishable_reward(r0, comparisons)  # Exercise 3.3, graded
+i, j = comparisons[:, 0], comparisons[:, 1]
+assert_close(torch.sigmoid(r_other[i] - r_other[j]), torch.sigmoid(r0[i] - r0[j]))  # the same likelihood for every label
+assert (r_other - r0).max() - (r_other - r0).min() >= 1.0  # ... yet not r + constant
+print("Exercise 3.3: r' =", r_other.numpy().round(3), "fits every comparison exactly as r =", r0.numpy())
+
+pi_r = optimal_log_policy(log_ref0[None], r0[None], beta_id)[0]  # (Y,) log pi* under r
+pi_r_other = optimal_log_policy(log_ref0[None], r_other[None], beta_id)[0]  # (Y,) log pi* under r'
+loss_r, loss_other = expected_dpo_loss_on(comparisons, pi_r, r0), expected_dpo_loss_on(comparisons, pi_r_other, r0)
+assert_close(loss_r, loss_other)  # DPO's loss cannot tell the two optimal policies apart ...
+assert (pi_r.exp() - pi_r_other.exp()).abs().max() > 0.05  # ... and they are different policies
+bridged = torch.tensor([[0, 1], [2, 3], [1, 2]])  # one comparison across the groups
+loss_r_b, loss_other_b = expected_dpo_loss_on(bridged, pi_r, r0), expected_dpo_loss_on(bridged, pi_r_other, r0)
+assert loss_other_b > loss_r_b + 1e-3  # with it, the data prefer pi*_r
+print(f"pi*_r  = {pi_r.exp().numpy().round(3)}   pi*_r' = {pi_r_other.exp().numpy().round(3)}")
+print(f"expected DPO loss, comparisons (0,1),(2,3):       pi*_r {loss_r.item():.5f}   pi*_r' {loss_other.item():.5f}")
+print(f"expected DPO loss, plus the bridge (1,2):         pi*_r {loss_r_b.item():.5f}   pi*_r' {loss_other_b.item():.5f}")
+
+# %% [markdown]
+# Identifiability is a property of the **comparison graph** (responses as nodes, compared pairs as edges): Bradley–Terry
+# (and Plackett–Luce) determine the reward up to one constant *per connected component*. With one component per prompt
+# the constant is the harmless $\beta\log Z(x)$; with several, DPO's loss has a whole family of minimisers and which one
+# training reaches depends on the initialisation and the optimiser, not on the data. Real preference data for a
+# language model compare two samples per prompt, so the graph is extremely sparse: the model's inductive bias (similar
+# responses get similar log-probabilities) is what fills the gaps.
+#
+# ## 9. Why the chosen reward can go down while the margin grows
 #
 # The DPO loss only sees the **difference** $\hat r(y_w) - \hat r(y_l)$. Nothing stops both implicit rewards
 # from falling, as long as the rejected one falls faster. A numeric example with $\beta = 0.1$: over training,
@@ -362,10 +625,17 @@ assert implicit_star[2, 1] < 0 and pi_star[2, 1] < log_pi_ref[2, 1].exp()
 # * the gradient weight is $\sigma(\hat r_l - \hat r_w)$;
 # * minimising `core.losses.dpo_loss` under infinite Bradley–Terry data recovers $\pi^*$ (to $10^{-6}$);
 #   a finite sample gets close;
+# * sweeping $\beta$ traces the exact reward–KL frontier; DPO on sampled comparisons lands next to it, never above;
+# * Plackett–Luce extends Bradley–Terry to rankings ($K = 2$ is Bradley–Terry, pairwise marginals are Bradley–Terry),
+#   and differs from InstructGPT's $\binom K2$ loss for $K > 2$;
+# * the reward is identified only up to a constant per connected component of the comparison graph;
 # * the chosen implicit reward can fall while the margin rises.
 
 # %%
 assert_close(my_dpo_loss(pol_c, pol_r, ref_c, ref_r, beta), dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=beta)[0])
 assert_close(pi_learned, pi_star, atol=1e-6, rtol=0)
 assert_close(objective(log_pi_star), beta * log_Z)
+assert all(abs(r_dpo - r_star) < 0.1 for _, r_dpo, _, r_star, _ in dpo_points)
+assert_close(plackett_luce_nll(two), ranking_loss(two))
+assert_close(loss_r, loss_other) and loss_other_b > loss_r_b + 1e-3
 print("all checks passed")
