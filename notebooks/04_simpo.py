@@ -89,7 +89,8 @@ torch.manual_seed(0)
 # optimised matches the metric the model generates with (DPO's does not: a response can have a high
 # $\log\pi_\theta/\pi_{\text{ref}}$ and a low likelihood). Second, a summed log-probability is a sum of $|y|$ negative
 # numbers: it falls roughly linearly with length. Without a reference to cancel part of that, a sum-based
-# reference-free reward would mostly measure "shortness"; the $1/|y|$ removes it (section 3 measures this).
+# reference-free reward would mostly measure "shortness"; the $1/|y|$ removes it (section 4 measures this, section 6
+# trains with and without it).
 #
 # SimPO also asks for a **target margin** $\gamma > 0$ in the Bradley–Terry model, $p(y_w\succ y_l\mid x) = \sigma\big(r(x,y_w) - r(x,y_l) - \gamma\big)$,
 # which gives the loss (SimPO eq. 6):
@@ -108,7 +109,7 @@ torch.manual_seed(0)
 # Write `simpo_logps(per_token_logps, completion_mask, length_normalise=True)`: for each row, the sum of the masked
 # per-token log-probabilities divided by the number of completion tokens $|y|$ (SimPO's $\frac{1}{|y|}\log\pi_\theta(y\mid x)$),
 # or the plain sum when `length_normalise=False` (the "w/o LN" ablation, and what DPO uses). Shapes: (B, T), (B, T) → (B,).
-# **Graded** against `core.logprobs.sequence_logprobs` on a hand-made batch; section 5 then trains with it.
+# **Graded** against `core.logprobs.sequence_logprobs` on a hand-made batch; sections 4 and 6 then use it.
 
 # %%
 def simpo_logps(per_token_logps, completion_mask, length_normalise=True):
@@ -146,7 +147,7 @@ print("Exercise 4.1: simpo_logps matches core.logprobs.sequence_logprobs")
 # Write `my_simpo_loss(policy_chosen_logps, policy_rejected_logps, beta, gamma_beta_ratio)`: SimPO eq. 6 per pair, in the
 # SimPO repo's convention ($\gamma$ = `gamma_beta_ratio` $\cdot\,\beta$), from the length-averaged log-probabilities.
 # Shapes: (B,), (B,) → (B,). Use `F.logsigmoid` (a `log(sigmoid(...))` overflows for large logits). **Graded** against
-# `core.losses.simpo_loss`, including at logits of $\pm 200$; section 5 uses it on real pairs.
+# `core.losses.simpo_loss`, including at logits of $\pm 200$; section 5 uses it on the real pairs.
 
 # %%
 def my_simpo_loss(policy_chosen_logps, policy_rejected_logps, beta, gamma_beta_ratio):
