@@ -6,7 +6,9 @@ against step for the runs picked (e.g. holistic vs fine-grained), polled with
 rollouts the trainer saved (``run.samples(step)``) as token heatmaps of every per-token
 field (reward components, KL, value, advantage, return).
 
-A run started from the app shows its progress with a Stop button while it goes.
+A run started from the app shows its progress with a Stop button while it goes; a run
+whose process died ("interrupted", e.g. the server or the trainer was killed) or that was
+stopped shows its last step and a Resume button (from its newest intact checkpoint).
 
 What it leaves out: starting runs (the lab and preference pages, or the trainer CLIs).
 Registered in ``workbench/app.py``; run ``streamlit run workbench/app.py``.
@@ -98,6 +100,8 @@ def main() -> None:
     preset = [m for m in PRESET if m in found] + [m for m in found if m.startswith("rewards/") and m not in PRESET and not m.endswith("_weight")]
     metrics = st.multiselect("Metrics", found, default=preset or found[:6], key=K("metrics"))
     live = any(components.run_is_live(Run(Path(p))) for p in present)
+    for p in present:  # interrupted (its process died) or stopped, and no job of this server trains it: Resume
+        components.resume_panel(Run(Path(p)), K("resume"), K("jobs"))
     if live:
         st.caption("🔴 live: a run is still going; the charts refresh every couple of seconds.")
     jobs = [j for j in (registry().for_run(p) for p in present) if j is not None and j.alive]  # started from this app

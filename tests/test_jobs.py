@@ -148,3 +148,44 @@ def test_implicit_rewards_equal_a_naive_computation(tiny_model_path):
 
     untrained_c, untrained_r = implicit_rewards(config, examples, base, tokenizer.pad_token_id, reference=base)
     assert untrained_c.abs().max() == 0 and untrained_r.abs().max() == 0
+
+
+def test_a_killed_lab_run_is_interrupted_and_resumes_from_its_checkpoint(jobs, monkeypatch):
+    """The lab's short PPO checkpoints every iteration: SIGKILL after one, and the run reads "interrupted"
+    (never "running" or "failed"); a resume is refused while the training process holds the run, and another
+    server (a fresh registry: no job owns the run) resumes it after the kill to one history, no step twice."""
+    import signal
+
+    from core.runstore import Run
+    from core.trainers.rewards_setup import RewardSpec
+    from workbench import training
+    from workbench.jobs import JobRegistry
+
+    monkeypatch.setattr(training, "ppo_reward_specs", lambda: {"toxicity": RewardSpec("toxicity", "toxicity")})
+    small = {k: v for k, v in PPO.items() if k not in ("rewards", "weights", "save_every", "model_name_or_path")}
+    config = training.short_ppo("tiny-random-llama", {"toxicity": 1.0}, 0.05, **{**small, "num_iterations": 8})
+    assert config.save_every == 1  # the lab's cadence, not overridden here
+    job = jobs.start("ppo", config, label="lab killed")
+    other_server = JobRegistry()
+    deadline = time.time() + 240
+    while job.alive and Run(job.run_path).latest_checkpoint() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert job.alive, f"the job ended before it could be killed: {job.state} {job.error}"
+    with pytest.raises(RuntimeError, match=rf"'lab killed' is being trained by another process \(pid {job.process.pid}\)"):
+        other_server.resume_run(job.run_path)
+    job.process.send_signal(signal.SIGKILL)
+    job.process.wait(30)
+    run = Run.open(job.run_path)
+    status = run.effective_status()
+    assert job.state == "interrupted" and status["status"] == "interrupted", (job.state, status)
+    assert 1 <= status["resumable_from"] < 8 and run.status()["status"] == "running"  # nothing rewritten on disk
+
+    resumed = other_server.resume_run(job.run_path)
+    assert (resumed.kind, resumed.label, resumed.total_steps) == ("ppo", "lab killed", 8)
+    other_server.wait(resumed, 300)
+    try:
+        assert resumed.state == "finished", (resumed.error, (run.path / "train.log").read_text()[-2000:])
+        assert [m["step"] for m in run.metrics()] == list(range(1, 9))  # one history, nothing missing or twice
+    finally:
+        if resumed.alive:
+            resumed.process.kill()

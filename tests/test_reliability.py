@@ -3,6 +3,7 @@ where and what (docs/reliability.md lists every case and the test here that keep
 
 import gzip
 import json
+import os
 
 import pytest
 
@@ -341,6 +342,84 @@ def test_uploads_are_written_and_checked_once_privately_and_removed_when_replace
     assert list(folder.iterdir()) == [] and for_training.is_file()  # the run's copy outlives the session's
     uploads._remove_folders()
     assert not folder.exists()
+
+
+def _hold_writer_lock(run_path):
+    """A separate process that takes the run's writer lock and keeps it until killed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, time; from core.runstore import Run; Run.open(sys.argv[1]).acquire_writer(); "
+            "print('locked', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_path)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_an_interrupted_run_no_job_owns_shows_its_step_and_resumes_from_the_app(monkeypatch, tiny_model_path):
+    """A run whose trainer died (here: an earlier server's job) reads "interrupted" with its last step and a Resume
+    button on the curves page and in the sidebar; while another process trains it, it reads "running" with no
+    button, and the launcher refuses it; once that process is gone, Resume relaunches it with --resume."""
+    import signal
+    from pathlib import Path
+
+    import torch
+    from streamlit.testing.v1 import AppTest
+
+    from core.runstore import Run
+    from core.trainers.launch import main as launch_main
+    from workbench import jobs, training
+
+    monkeypatch.setenv("RLHF_WORKBENCH_MODEL", "tiny-random-llama")
+    run = Run.create("dpo", training.build("dpo", {"model_name_or_path": "tiny-random-llama", "dataset": "demo"}),
+                     name="my dpo")
+    run.acquire_writer()
+    for step in (1, 2, 3):
+        run.log_metrics(step, {"loss": 0.7})
+    run.save_checkpoint(2, {"w": torch.zeros(2)})
+    run.set_status("running", step=3)
+    run.release_writer()  # as if its process died: the lock is free, status.json still says "running"
+    spawned = []
+
+    class Finished:  # the relaunched process, ended at once (nothing trains in this test)
+        pid, returncode = 0, 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(jobs, "_spawn", lambda path, *args: spawned.append((Path(path), args)) or Finished())
+    root = Path(__file__).resolve().parents[1]
+    at = AppTest.from_file(str(root / "workbench" / "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page(str(root / "pages" / "training_curves.py")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    said = [w.value for w in at.warning]
+    notice = ("' was interrupted at step 3; its process ended without finishing it. "
+              "It can resume from its checkpoint of step 2.")
+    assert sum(w.startswith("'my dpo (DPO β=0.1) · ") and w.endswith(notice) for w in said) == 2, said  # page, sidebar
+    key = f"curves_resume_{run.path.name}"
+    assert at.button(key=key) and at.button(key=f"frame_resume_{run.path.name}")
+
+    owner = _hold_writer_lock(run.path)  # e.g. `python -m core.trainers.launch RUN --resume` in a terminal
+    try:
+        at.run()
+        assert not [w.value for w in at.warning if "interrupted" in w.value]
+        assert not [b for b in at.button if b.key and "resume" in b.key]
+        assert launch_main([str(run.path), "--resume"]) == 1  # refused before it writes anything
+        assert run.status()["status"] == "running" and run.status()["pid"] == os.getpid()
+        with pytest.raises(RuntimeError, match=rf"being trained by another process \(pid {owner.pid}\)"):
+            jobs.registry().resume_run(run.path)
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+    at.run()
+    at.button(key=key).click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert spawned == [(run.path.resolve(), ("--resume",))]
+    job = jobs.registry().for_run(run.path)
+    assert (job.kind, job.label, job.config.dataset) == ("dpo", "my dpo", "demo")
 
 
 # ----------------------------------------------------------------------------- what already held, kept

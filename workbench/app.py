@@ -3,7 +3,8 @@
 What it is: registers the pages in ``pages/`` explicitly with ``st.navigation`` (not the
 legacy auto-discovered folder) and draws the sidebar shared by every page: the model
 (default SmolLM2-135M-Instruct, the tiny random Llama for speed, or any folder/hub id),
-the device and a run picker. Pages read these choices through ``workbench.state``.
+the device and a run picker (an interrupted run picked there, one whose process died, gets
+a Resume button). Pages read these choices through ``workbench.state``.
 
 What it leaves out: the pages' content (one thin script per page in ``pages/``).
 
@@ -77,7 +78,10 @@ def sidebar() -> None:
         run = components.open_run(picked)
         if run is not None:
             status = components.safe_status(run)
-            sb.caption(f"{status.get('status', '?')} · step {status.get('step', '?')}" + (f" · {status['error']}" if status.get("error") else ""))
+            if components.resumable(run, ("interrupted",)) is not None:  # its process died: say so, offer Resume
+                components.resume_panel(run, "frame_resume", "frame_jobs", where=sb, states=("interrupted",))
+            else:
+                sb.caption(f"{status.get('status', '?')} · step {status.get('step', '?')}" + (f" · {status['error']}" if status.get("error") else ""))
     if sb.button("Reload models", help="Drop cached models (e.g. after retraining a reward model)."):
         st.cache_resource.clear()
 

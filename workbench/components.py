@@ -5,7 +5,9 @@ exception into an ``st.error`` that says what to do (never a traceback on the pa
 the traceback goes to the server log). ``live_curves`` draws metrics of several runs
 on shared axes inside an ``st.fragment(run_every=...)`` that re-polls the run store
 while a run is going and stops polling when every run has ended; ``job_status`` is
-the progress line of a job started from the app, with its Stop / Resume buttons.
+the progress line of a job started from the app, with its Stop / Resume buttons;
+``resume_panel`` offers Resume for an interrupted or stopped run no job of this server
+trains (its process died, or an earlier server started it).
 
 What it leaves out: figures themselves (``workbench.charts``), training (``workbench.jobs``).
 """
@@ -335,6 +337,8 @@ def job_status(job, key_prefix: str, jobs_key: str) -> None:
             registry().stop(job)  # the next poll shows "stopping…", then the stopped run
     elif state == "failed":
         st.error(f"'{job.label}' failed: {job.error}")
+    elif state == "interrupted":
+        interrupted_notice(job.label, job._status(), f"{key_prefix}_resume_{job.id}", lambda: registry().resume(job), jobs_key)
     elif state == "stopped":
         cols = st.columns([5, 1], vertical_alignment="center")
         cols[0].info(f"'{job.label}' stopped at step {done}; its checkpoint is kept.")
@@ -343,6 +347,51 @@ def job_status(job, key_prefix: str, jobs_key: str) -> None:
             start_job(lambda: registry().resume(job), jobs_key)
     else:
         st.progress(1.0, text=f"'{job.label}' finished.")
+
+
+def interrupted_notice(label: str, status: dict, key: str, resume, jobs_key: str, where=st) -> None:
+    """'LABEL was interrupted at step N ...' with a Resume button (when a checkpoint exists): the run's process
+    died (SIGKILL, out of memory, the server that started it ended); ``resume()`` returns the new Job."""
+    from workbench.jobs import registry
+
+    ckpt = status.get("resumable_from")
+    what = "stopped" if status.get("status") == "stopped" else "interrupted"
+    text = (f"'{label}' was {what} at step {status.get('step', '?')}"
+            + ("; its process ended without finishing it" if what == "interrupted" else "")
+            + (f". It can resume from its checkpoint of step {ckpt}." if ckpt is not None else ": it has no checkpoint to resume from."))
+    cols = where.columns([5, 1], vertical_alignment="center") if where is st else [where, where]  # the sidebar: stacked
+    cols[0].warning(text) if what == "interrupted" else cols[0].info(text)
+    if ckpt is not None and cols[1].button("Resume", key=key, width="stretch", disabled=registry().running() is not None,
+                                           help="Continue from the newest intact checkpoint, in the same run folder "
+                                                "(refused while another process trains it)."):
+        start_job(resume, jobs_key)
+
+
+def resumable(run, states=("interrupted", "stopped")) -> dict | None:
+    """The effective status of a run in ``states`` that no live job of this server trains (interrupted: its
+    process died; stopped: on request, perhaps by an earlier server), else None."""
+    from workbench.jobs import registry
+
+    status = safe_status(run)
+    if status.get("status") not in states:
+        return None
+    job = registry().for_run(Path(run.path).resolve())
+    if job is not None and job.alive:
+        return None  # being resumed right now
+    if "resumable_from" not in status:
+        latest = run.latest_checkpoint()
+        status = {**status, "resumable_from": latest[0] if latest else None}
+    return status
+
+
+def resume_panel(run, key_prefix: str, jobs_key: str, where=st, states=("interrupted", "stopped")) -> None:
+    """For a run ``resumable`` finds: what happened, and a Resume button (``JobRegistry.resume_run``)."""
+    from workbench.jobs import registry
+
+    status = resumable(run, states)
+    if status is not None:
+        interrupted_notice(run_label(run, status=False), status, f"{key_prefix}_{run.path.name}",
+                           lambda: registry().resume_run(run.path), jobs_key, where=where)
 
 
 # ----------------------------------------------------------------------------- text

@@ -16,10 +16,19 @@ reaches the server or the next job.
 Stop: ``stop(job)`` sends SIGTERM; the launcher turns it into the trainers' stop flag,
 the trainer saves a checkpoint after its current step and marks the run "stopped".
 ``resume(job)`` continues it from that checkpoint in a new process, in the same folder.
+A job whose process died after taking the run (SIGKILL, out of memory) is "interrupted",
+never "running" or "failed", and resumes the same way from its newest intact checkpoint.
+
+Runs no job of this server owns (their process died with an earlier server, or a trainer
+CLI was killed): ``resume_run(run_path)`` continues an interrupted or stopped one in a
+new job; it is refused, naming the owner's pid, while another process holds the run's
+writer lock (``core.runstore.Run.acquire_writer``), and the launcher takes that lock
+before it writes anything, so even a refused resume leaves the run as it was.
 
 What it leaves out: several trainings at once (on a 2-core CPU a second one would only
 slow both down), re-attaching to jobs after a server restart (their runs stay readable
-in the run store, and ``components.run_is_live`` follows them by pid).
+in the run store, ``components.run_is_live`` follows them by pid, and ``resume_run``
+takes them over once their process is gone).
 
     from workbench.jobs import registry
     job = registry().start("ppo", config, label="weights A")
@@ -58,10 +67,11 @@ class Job:
 
     # ---------------------------------------------------------------- read from the process and the run store
     def _status(self) -> dict:
+        """``effective_status()``: "interrupted" once the process that took the run is gone."""
         from core.runstore import Run
 
         try:
-            return Run(self.run_path).status()
+            return Run(self.run_path).effective_status()
         except Exception:  # noqa: BLE001 - deleted folder or a status being replaced right now
             return {}
 
@@ -71,11 +81,11 @@ class Job:
 
     @property
     def state(self) -> str:
-        """running | stopping | finished | stopped | failed."""
+        """running | stopping | finished | stopped | failed | interrupted (the process died after taking the run)."""
         if self.alive:
             return "stopping" if self.stop_sent else "running"
         status = self._settled().get("status")
-        return status if status in ("finished", "stopped", "failed") else "failed"
+        return status if status in ("finished", "stopped", "failed", "interrupted") else "failed"
 
     @property
     def error(self) -> str | None:
@@ -87,7 +97,8 @@ class Job:
         return None
 
     def _settled(self) -> dict:
-        """The final status; a process killed before it could write one (out of memory, SIGKILL) is marked failed here."""
+        """The final status. A process killed after it took the run reads "interrupted" (``effective_status``); one
+        that ended before it took the run (still "running" on disk, no writer lock) is marked failed here."""
         from core.runstore import Run
 
         status = self._status()
@@ -159,14 +170,43 @@ class JobRegistry:
         return job
 
     def resume(self, job: Job) -> Job:
-        """Continue ``job``'s run (stopped or failed) from its latest checkpoint, in a new process; a new Job."""
-        from core.runstore import Run
+        """Continue ``job``'s run (stopped, interrupted or failed) from its newest intact checkpoint, in a new process;
+        a new Job."""
+        return self._resume(job.run_path, job.kind, job.label, job.config)
 
+    def resume_run(self, run_path) -> Job:
+        """Continue a run that no job of this server owns (interrupted, or stopped in an earlier server life) from
+        its newest intact checkpoint, in a new process; a new Job.
+
+        RuntimeError with the reason when another process writes the run (its pid), when it
+        has no intact checkpoint, or while another job runs.
+        """
+        from core.runstore import Run
+        from core.trainers.launch import build_config, config_class
+
+        run = Run.open(run_path)
+        config = build_config(config_class(run.kind), run.config)
+        label = str(run.meta.get("name") or run.kind)
+        return self._resume(run.path.resolve(), run.kind, label, config)
+
+    def _resume(self, run_path: Path, kind: str, label: str, config: Any) -> Job:
+        from core.runstore import LOCK_NAME, Run
+
+        run = Run(run_path)
         with self._lock:
             self._refuse_if_busy()
-            if Run(job.run_path).latest_checkpoint() is None:
-                raise RuntimeError(f"'{job.label}' has no checkpoint to resume from")
-            new = Job(id=uuid.uuid4().hex[:8], kind=job.kind, label=job.label, config=job.config, run_path=job.run_path)
+            if run.writer_alive():
+                try:
+                    owner = (run.path / LOCK_NAME).read_text().strip() or "?"
+                except OSError:
+                    owner = "?"
+                raise RuntimeError(f"'{label}' is being trained by another process (pid {owner}): stop it first, or "
+                                   "wait for it to end; one run has one writer")
+            if run.latest_checkpoint() is None:
+                broken = run.broken_checkpoints()
+                raise RuntimeError(f"'{label}' has no intact checkpoint to resume from"
+                                   + (f" ({', '.join(f'{p.name}: {why}' for _, p, why in broken)})" if broken else ""))
+            new = Job(id=uuid.uuid4().hex[:8], kind=kind, label=label, config=config, run_path=Path(run_path).resolve())
             new.process = _spawn(new.run_path, "--resume")
             self.jobs[new.id] = new
         return new

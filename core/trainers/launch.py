@@ -12,7 +12,10 @@ app, and a second job may pick another device.
 
 Stopping: SIGTERM (or Ctrl-C) sets the trainers' stop flag (``common.request_stop``);
 the trainer finishes its current step, saves a checkpoint and marks the run
-"stopped". ``--resume`` continues a stopped (or failed) run from its latest checkpoint.
+"stopped". ``--resume`` continues a stopped, interrupted (or failed) run from its newest intact
+checkpoint. The launcher takes the run's writer lock first (``Run.acquire_writer``): while
+another process trains the run it prints one line naming that process and exits 1, without
+writing anything.
 
 ``config_class(kind)`` and ``build_config(cls, values, base)`` are also what the app
 uses to build configs, so the app, the CLIs and this launcher agree on the fields.
@@ -30,7 +33,7 @@ import dataclasses
 import importlib
 from typing import Any, Callable
 
-from core.runstore import Run
+from core.runstore import Run, RunStoreError
 from core.trainers.common import TrainingError
 
 # run kind -> (module, config class, train function)
@@ -92,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     run = Run.open(args.run_folder)
+    try:  # one writer per run, taken before anything is written: a refused launch leaves the run as it was
+        run.acquire_writer()  # the trainer's own acquire_writer (open_run) then finds it held by this process
+    except RunStoreError as exc:
+        print(f"[rlhf-workbench] error: cannot {'resume' if args.resume else 'train'}: {exc}", file=sys.stderr)
+        return 1
     if args.resume:  # until the trainer takes over, a failure must not leave the old "stopped" behind
         run.set_status("running", error=None)
     try:
