@@ -183,6 +183,37 @@ def test_entry_point_keeps_tracebacks_of_bugs(monkeypatch):
         main()
 
 
+def test_every_command_line_of_the_package_prints_clear_errors_in_one_line():
+    """Every ``python -m core....`` module's main goes through ``core.cli.entry_point`` (directly, or through the
+    trainers' ``cli_main``); the app's launcher applies the same rule itself (it also records the error in the run)."""
+    import ast
+    from pathlib import Path
+
+    core = Path(__file__).resolve().parents[1] / "core"
+    modules = [p for p in core.rglob("*.py") if 'if __name__ == "__main__"' in p.read_text()]
+    assert len(modules) >= 12
+    for path in modules:
+        tree = ast.parse(path.read_text())
+        main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+        decorated = any(getattr(d, "id", None) == "entry_point" for d in main.decorator_list)
+        via_cli_main = any(isinstance(n, ast.Call) and getattr(n.func, "id", None) == "cli_main" for n in ast.walk(main))
+        own = path.name == "launch.py" and "is_user_error(exc) and not debug" in path.read_text()
+        assert decorated or via_cli_main or own, f"{path.relative_to(core.parent)}: main is not wrapped by entry_point"
+
+
+def test_the_launcher_prints_one_line_for_a_user_error_and_records_it(tmp_path, capsys):
+    from core.runstore import Run
+    from core.trainers.launch import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "chosen": "a"}\n')
+    run = Run.create("dpo", {"model_name_or_path": "tiny-random-llama", "dataset": str(bad), "cpu": True})
+    assert main([str(run.path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"[rlhf-workbench] error: {bad}, record 0: missing 'rejected'" and not any("Traceback" in x for x in err)
+    assert run.status()["status"] == "failed" and "missing 'rejected'" in run.status()["error"]
+
+
 # ----------------------------------------------------------------------------- no code from data
 
 
@@ -420,6 +451,51 @@ def test_an_interrupted_run_no_job_owns_shows_its_step_and_resumes_from_the_app(
     assert spawned == [(run.path.resolve(), ("--resume",))]
     job = jobs.registry().for_run(run.path)
     assert (job.kind, job.label, job.config.dataset) == ("dpo", "my dpo", "demo")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+EXPLORER_GROWTH_MB = 25
+"""the most the app may grow over 10 explorer scorings after its warm-up (measured: < 1 MB; docs/benchmarks.md)"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmRSS from /proc (Linux)")
+def test_explorer_scorings_do_not_grow_the_app_memory(monkeypatch, tmp_path, tiny_model_path):
+    """10 new responses scored (each a model call, counted) and a weight moved after each: after a warm-up, the
+    app's resident memory grows by less than EXPLORER_GROWTH_MB. In-process (AppTest): the app's own caches and
+    session state, not Streamlit's server; bench/server_memory.py measures the real server."""
+    import gc
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    sentences = ["It was a fine day by the sea.", "The damn bus was late again.", "What a stupid idea that was.",
+                 "We walked to the old lighthouse and back.", "Rain fell softly on the tin roof all night."]
+    monkeypatch.setenv("RLHF_WORKBENCH_MODEL", "tiny-random-llama")
+    monkeypatch.setenv("RLHF_WORKBENCH_REWARD_MODELS", str(tmp_path / "no_reward_models"))
+    root = Path(__file__).resolve().parents[1]
+    at = AppTest.from_file(str(root / "workbench" / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page(str(root / "pages" / "token_explorer.py")).run()
+    at.radio(key="explorer_source").set_value("Type your own").run()
+
+    def score(i):
+        at.text_area(key="explorer_response").set_value(" ".join(sentences[(i + k) % 5] for k in range(1 + i % 4)) + f" {i}.").run()
+        at.slider(key="explorer_w_toxicity").set_value(round(1.0 - 0.1 * (i % 5), 1)).run()
+
+    for i in range(2):  # warm-up: models loaded, first figures built
+        score(i)
+    gc.collect()
+    calls, before = at.session_state["explorer_score_calls"], _rss_mb()
+    for i in range(2, 12):
+        score(i)
+    gc.collect()
+    assert not at.exception and not at.error, [e.value for e in list(at.exception) + list(at.error)]
+    assert at.session_state["explorer_score_calls"] == calls + 10  # ten new responses were scored, not served from a cache
+    assert _rss_mb() - before < EXPLORER_GROWTH_MB, f"{before:.0f} MB -> {_rss_mb():.0f} MB after 10 scorings"
 
 
 # ----------------------------------------------------------------------------- what already held, kept

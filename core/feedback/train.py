@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from core.feedback.agreement import reward_model_agreement
 from core.feedback.export import write_qa_feedback
+from core.cli import entry_point
 from core.feedback.store import FeedbackError, FeedbackStore
 from core.models import DEFAULT_MODEL, load_reward_model, load_tokenizer
 from core.rewards.preference_rm import backbone_and_head, encode, format_pair, gather_last, hidden_states
@@ -280,14 +281,12 @@ def train_finegrained_from_spans(store: FeedbackStore, project_id: int, category
     return train_finegrained_rm(config)
 
 
+@entry_point
 def main() -> None:
     import tyro
 
     config = tyro.cli(FeedbackRMConfig)
-    try:
-        result = train_feedback_reward_model(config)
-    except FeedbackError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    result = train_feedback_reward_model(config)  # a FeedbackError, DataError, ...: one line (core.cli)
     f = result["figures"]
     ev = f["eval_agreement"]
     print(f"held-out agreement with the annotators: {'n/a' if ev is None else f'{ev:.3f}'} on {f['eval_rankings']} rankings "

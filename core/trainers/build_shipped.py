@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.cli import entry_point
 from core.paths import cache_dir, shared_data_dir
 from core.rewards import heads
 from core.rewards.finegrained import segment_labels
@@ -421,6 +422,7 @@ def summary_line(name: str, meta: dict) -> str:
             f"{h['pairs']} pairs, {h['groups']} groups | {meta['training']['chosen']}")
 
 
+@entry_point
 def main() -> None:
     import tyro
 

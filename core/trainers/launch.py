@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
     import traceback
 
+    from core.cli import debug_requested, is_user_error
     from core.trainers.common import explain_exception, request_stop
 
     for sig in (signal.SIGTERM, signal.SIGINT):  # first of all: a stop sent while loading must not kill the process
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.trainers.launch", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_folder", help="a run folder created with core.runstore.Run.create(kind, config)")
     parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    debug = debug_requested(sys.argv if argv is None else argv)  # --debug: tracebacks of the clear errors too
     args = parser.parse_args(argv)
 
     run = Run.open(args.run_folder)
@@ -105,11 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         launch(run, resume=args.resume)
     except BaseException as exc:  # noqa: BLE001 - any failure must reach status.json, even before the trainer ran
-        traceback.print_exc()
+        if is_user_error(exc) and not debug:  # bad data, a setting that cannot work: one line (core.cli)
+            print(f"[rlhf-workbench] error: {exc}", file=sys.stderr)
+        else:
+            traceback.print_exc()
         if run.status().get("status") == "running":  # the trainer's run_guard was not reached
             run.set_status("failed", error=explain_exception(exc))
         return 1
     finally:
+        run.release_writer()  # (the trainer's run_guard released it already unless it failed before starting)
         sys.stdout.flush()
     return 0
 
