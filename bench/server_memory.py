@@ -232,9 +232,11 @@ def trainings(page, url: str, n: int, mark, sampler: Sampler) -> None:
         settle(page)
         label = page.get_by_label("Run name (optional)").get_attribute("placeholder")
         page.get_by_role("button", name="Run short PPO").click()
-        page.get_by_text(f"'{label}' finished.").or_(page.get_by_text(f"'{label}' failed")).wait_for(timeout=1_800_000)
-        if page.get_by_text(f"'{label}' failed").count():
-            raise RuntimeError(page.get_by_text(f"'{label}' failed").first.inner_text())
+        ended = page.wait_for_function(  # the job's line (its progress text) says how it ended
+            "(label) => { const t = document.body.innerText; return [\"' finished.\", \"' failed\"].map(e => "
+            "t.includes(label + e) ? e : null).find(e => e) || null; }", arg=f"'{label}", timeout=1_800_000).json_value()
+        if ended != "' finished.":
+            raise RuntimeError(f"the short PPO '{label}' failed: see the run's train.log (--keep)")
         settle(page)
         no_exception(page)
         mark(f"lab: short PPO {t + 1} finished", children=True)
