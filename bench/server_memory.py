@@ -320,8 +320,8 @@ def main(argv=None) -> int:
     after_scoring = [r for r in rows if r["event"].startswith("explorer:")][-1]
     kids = [r["children_peak_mb"] for r in rows if r["children_peak_mb"] is not None]
     print(f"\nserver peak RSS {sampler.peak / MB:.0f} MB; after the warm-up {warm['server_mb']:.0f} MB, after "
-          f"{args.scorings} scorings {after_scoring['server_mb']:.0f} MB (+{after_scoring['server_mb'] - warm['server_mb']:.0f}), "
-          f"at the end {rows[-1]['server_mb']:.0f} MB (+{rows[-1]['server_mb'] - warm['server_mb']:.0f} over the warm-up)"
+          f"{args.scorings} scorings {after_scoring['server_mb']:.0f} MB ({after_scoring['server_mb'] - warm['server_mb']:+.0f}), "
+          f"at the end {rows[-1]['server_mb']:.0f} MB ({rows[-1]['server_mb'] - warm['server_mb']:+.0f} over the warm-up)"
           + (f"; training processes peaked at {max(kids):.0f} MB" if kids else "")
           + f"; load average {os.getloadavg()[0]:.1f}")
     if args.json:
