@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from core import faults
 from core.cli import entry_point
 from core.runstore import Run
 
@@ -95,8 +96,11 @@ class _replacing:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            faults.point(f"export {self.target.name}: written")
             shutil.rmtree(self.target, ignore_errors=True)
+            faults.point(f"export {self.target.name}: old one removed")
             os.replace(self.tmp, self.target)
+            faults.point(f"export {self.target.name}: in place")
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

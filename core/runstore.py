@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from core import faults
 from core.paths import runs_dir
 
 STATUSES = ("running", "finished", "stopped", "failed")  # stopped: on request, at a checkpoint (resumable)
@@ -66,14 +67,30 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def _atomic_write_text(path: Path, text: str, label: str | None = None) -> None:
+    """Write a temporary file, fsync it, rename it over ``path``, fsync the folder (label: for core.faults)."""
+    label = label or path.name
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    faults.point(f"{label}: temporary written")
     os.replace(tmp, path)
+    faults.point(f"{label}: renamed")
     _fsync_path(path.parent)
+
+
+def _remove_folder(folder: Path, label: str) -> None:
+    """Rename ``folder`` to a hidden temporary name, then delete it: a kill in the middle of the
+    deletion leaves a temporary folder (removed when the run is next taken), never a half-deleted
+    checkpoint that still looks like one."""
+    aside = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-removed")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(folder, aside)
+    faults.point(f"{label}: {folder.name} set aside")
+    shutil.rmtree(aside, ignore_errors=True)
+    faults.point(f"{label}: {folder.name} removed")
 
 
 def pid_alive(pid) -> bool:
@@ -120,7 +137,7 @@ def check_checkpoint(folder: Path) -> str | None:
     if not isinstance(state, dict):
         return "trainer_state.json is not a JSON object"
     problem = check_safetensors(folder / "model.safetensors")
-    if problem is None and (folder / "optimizer.json").exists():
+    if problem is None and ((folder / "optimizer.json").exists() or (folder / "optimizer.safetensors").exists()):
         try:
             json.loads((folder / "optimizer.json").read_text())
         except (OSError, ValueError) as exc:
@@ -185,8 +202,9 @@ class Run:
             except FileExistsError:
                 continue
         run = cls(path)
-        _atomic_write_text(path / "config.json", json.dumps({"kind": kind, "name": name, "config": _jsonable(config), "created": time.time()}, indent=2))
+        # status first: config.json makes the folder a run, so a listed run always has a status
         run.set_status("running", step=0)
+        _atomic_write_text(path / "config.json", json.dumps({"kind": kind, "name": name, "config": _jsonable(config), "created": time.time()}, indent=2))
         return run
 
     @classmethod
@@ -222,7 +240,11 @@ class Run:
         current = self.status() if (self.path / "status.json").exists() else {}
         current.update(extra)
         current.update({"status": status, "error": error, "updated": time.time(), "pid": os.getpid()})
-        _atomic_write_text(self.path / "status.json", json.dumps(_jsonable(current), indent=2))
+        phase = f" {current['phase']}" if current.get("phase") else ""
+        if phase and current.get("phase_done") is not None:
+            phase += f" {current['phase_done']}/{current.get('phase_total')}"
+        _atomic_write_text(self.path / "status.json", json.dumps(_jsonable(current), indent=2),
+                           label=f"status.json {status} step {current.get('step')}{phase}")
 
     def status(self) -> dict:
         try:
@@ -255,6 +277,7 @@ class Run:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         _HELD[key] = fd
+        faults.point("writer lock taken")
         self._remove_stale_temporaries()
 
     def release_writer(self) -> None:
@@ -304,11 +327,21 @@ class Run:
 
     # ---------------------------------------------------------------- metrics and samples
     def _append(self, name: str, rows: Iterable[dict]) -> None:
+        rows = [_jsonable(row) for row in rows]
+        lines = [json.dumps(row) + "\n" for row in rows]
+        text, label = "".join(lines), f"{name} step {rows[0].get('step') if rows else None}"
         with open(self.path / name, "a") as f:
-            for row in rows:
-                f.write(json.dumps(_jsonable(row)) + "\n")
+            if faults.ARMED and text:  # testing hook: a kill between the two parts leaves a torn last line
+                cut = len(text) - len(lines[-1]) // 2
+                f.write(text[:cut])
+                f.flush()
+                faults.point(f"{label}: half a line")
+                text = text[cut:]
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        if lines:
+            faults.point(f"{label}: appended")
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self._append("metrics.jsonl", [{"step": int(step), "time": time.time(), **metrics}])
@@ -336,7 +369,7 @@ class Run:
             if name == "eval_samples.jsonl" and not (self.path / name).is_file():
                 continue
             rows = [r for r in _read_jsonl(self.path / name) if r.get("step", 0) <= step]
-            _atomic_write_text(self.path / name, "".join(json.dumps(r) + "\n" for r in rows))
+            _atomic_write_text(self.path / name, "".join(json.dumps(r) + "\n" for r in rows), label=f"{name} cut after step {step}")
 
     # ---------------------------------------------------------------- checkpoints
     def _checkpoint_folders(self) -> list[tuple[int, Path]]:
@@ -365,26 +398,34 @@ class Run:
         from core.checkpoint import optimizer_to_tensors
 
         final = self.path / "checkpoints" / f"step-{step:06d}"
+        label = f"checkpoint {final.name}"  # core.faults: a kill may land after each of these steps
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        faults.point(f"{label}: temporary folder made")
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
+        faults.point(f"{label}: model.safetensors written")
         if optimizer is not None:
             opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
             save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+            faults.point(f"{label}: optimizer.safetensors written")
             (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
+            faults.point(f"{label}: optimizer.json written")
         (tmp / "trainer_state.json").write_text(json.dumps(_jsonable({"step": step, **(state or {})})))
+        faults.point(f"{label}: trainer_state.json written")
         for f in tmp.iterdir():
             _fsync_path(f)
         _fsync_path(tmp)
+        faults.point(f"{label}: files fsynced")
         if final.exists():
-            shutil.rmtree(final)
+            _remove_folder(final, label)
         os.replace(tmp, final)
+        faults.point(f"{label}: renamed")
         _fsync_path(final.parent)
         for _, old in self.checkpoints()[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_folder(old, label)
         for _, broken, _ in self.broken_checkpoints():  # a newer intact checkpoint now exists
-            shutil.rmtree(broken, ignore_errors=True)
+            _remove_folder(broken, label)
         return final
 
 

@@ -303,6 +303,8 @@ def open_run(kind: str, config, is_main: bool, run: Run | None = None):
     latest = run.latest_checkpoint()  # the newest INTACT checkpoint: checked before anything is truncated
     broken = [b for b in run.broken_checkpoints() if latest is None or b[0] > latest[0]]
     if latest is None:
+        if is_main:
+            run.release_writer()  # refused: the run stays as it was, free for another process
         what = f"; broken: {', '.join(f'{p.name} ({why})' for _, p, why in broken)}" if broken else " (save_every too large?)"
         raise TrainingError(f"cannot resume {run.path}: it has no intact checkpoint{what}")
     if broken and is_main:
@@ -313,7 +315,7 @@ def open_run(kind: str, config, is_main: bool, run: Run | None = None):
     step, folder = latest
     if is_main:
         run.truncate_after(step)
-        run.set_status("running", step=step, error=None)
+        run.set_status("running", step=step, error=None, **NO_PHASE)  # not the phase of the process that died
     return (run if is_main else None), step, folder
 
 
