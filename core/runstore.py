@@ -15,9 +15,12 @@ Layout of ``runs/<run_id>/``::
 
 Every write is either an append of whole lines (flushed and fsynced) or a write
 to a temporary file renamed over the old one (the files and the folder fsynced),
-so a crash never leaves a half-written status or checkpoint. ``resume`` truncates
-metrics and samples after the checkpoint's step so that a resumed run continues the
-same history.
+so a crash never leaves a half-written status or checkpoint; an old checkpoint is
+renamed to a temporary name before it is deleted. A crash in an append can leave a
+torn last line: readers skip it. ``resume`` truncates metrics and samples after the
+checkpoint's step so that a resumed run continues the same history. Each of these
+durable steps calls ``core.faults.point`` (a testing hook that can SIGKILL the
+process there; tests/test_kill.py).
 
 One writer per run: a trainer takes ``acquire_writer()``, an OS lock (``fcntl.flock``
 on ``RUN/.writer.lock``) held until it ends or its process dies; a second trainer on

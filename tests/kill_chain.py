@@ -3,16 +3,19 @@ was seen after every kill. Used by tests/test_kill.py, which asserts on the repo
 
     python tests/kill_chain.py {dpo|ppo} MODEL_FOLDER WORK_DIR SEED     -> WORK_DIR/report.json
 
-One process per trainer imports torch and the trainer once and runs everything on one thread:
-1. the REFERENCE: one uninterrupted run, in this process, with core.faults logging every durable-write event
+One process per trainer imports torch and the trainer once, then runs every training in a forked child (a fork
+costs milliseconds, a new Python with torch seconds), all on one thread:
+1. a one-step WARM-UP run lists the modules a run imports; this process imports them before the other forks;
+2. the REFERENCE: one uninterrupted run with core.faults logging every durable-write event
    (``RLHF_WORKBENCH_FAULT_LOG``): their labels, e.g. ``checkpoint step-000003: model.safetensors written#1``,
    name the same moment in a run and in a resumed copy of it;
-2. the CHAIN, in one run folder, each segment a forked child (a fork costs milliseconds, a new Python with torch
-   seconds): a fresh run killed at the first chosen event, then ``resume_from`` it killed at the next, and so on,
-   with a few resumes killed inside their own start (an event number: the lock, truncating the metrics, the
-   status), two killed from outside after a seeded delay, and a last resume to the end. ``core.faults`` sends
-   SIGKILL from inside the child at exactly the chosen event (``RLHF_WORKBENCH_KILL_AT``);
-3. EARLY kills, each in a new run, before the first checkpoint: nothing to resume; a resume must say so.
+3. the CHAIN, in one run folder: a fresh run killed at the first chosen event, then ``resume_from`` it killed at
+   the next, and so on, with a few resumes killed inside their own start (an event number: the lock, cutting the
+   files back, the status), and a last resume to the end. ``core.faults`` sends SIGKILL from inside the child at
+   exactly the chosen event (``RLHF_WORKBENCH_KILL_AT``);
+4. TIMED kills from outside, after seeded delays, on a copy of the run as the first kill left it, then a resume
+   to the end (where they land depends on the machine: they come on top of the exact ones);
+5. EARLY kills, each in a new run, before the first checkpoint: nothing to resume; a resume must say so.
 
 The events are drawn with ``random.Random(SEED)``: >= 20 for the chain, at least one of each class in
 ``CLASSES``, and only events a resume can reach (after the checkpoint the previous kill leaves as the latest).
@@ -22,12 +25,14 @@ run do not depend on the machine's speed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import random
 import re
+import shutil
 import signal
 import sys
 import time
@@ -122,24 +127,38 @@ def comparable(rows: list[dict]) -> list[dict]:
 
 
 def main(kind: str, model: str, work: Path, seed: int) -> None:
-    import torch
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # before numpy and torch load
+        os.environ[var] = "1"
+    import importlib
+    import threading
 
-    torch.set_num_threads(1)  # one thread: the same float results in every child, and no thread pool to fork
+    import torch
+    from tqdm import tqdm
+
+    torch.set_num_threads(1)  # one thread: the same float results in every child
+    # A fork copies this process's locks as they are, and SIGKILL ends a child holding a lock that it shares with this
+    # process: so no thread runs here when a child is forked (``threads_at_fork`` in the report), and tqdm's
+    # process-shared lock (a semaphore; a child killed while drawing a bar would leave it taken for good) is replaced
+    # by a per-process one, without tqdm's monitor thread.
+    tqdm.monitor_interval = 0
+    tqdm.set_lock(threading.RLock())
     from core import faults
-    from core.runstore import list_runs
+    from core.runstore import Run, list_runs
     from core.trainers import common
 
     common.PHASE_WRITE_INTERVAL_S = math.inf  # status writes paced by the clock would make the events machine-dependent
     config, train = trainer(kind, model, work)
     rng = random.Random(seed)
-    report: dict = {"kind": kind, "seed": seed, "segments": [], "early": []}
+    report: dict = {"kind": kind, "seed": seed, "segments": [], "early": [], "threads_at_fork": 0}
 
     def use_store(name: str) -> Path:
         os.environ["RLHF_WORKBENCH_RUNS"] = str(work / name)
         return work / name
 
-    def child(cfg, kill_at=None, delay=None, log=None) -> dict:
-        """Run ``train(cfg)`` in a forked child, killed at event ``kill_at`` (by core.faults) or after ``delay`` s."""
+    def child(cfg, kill_at=None, delay=None, log=None, task=None) -> dict:
+        """Run ``train(cfg)`` (or ``task()``) in a forked child, killed at event ``kill_at`` (core.faults) or after
+        ``delay`` s; exit status 0 when it returns, 1 on an exception."""
+        report["threads_at_fork"] = max(report["threads_at_fork"], threading.active_count())
         sys.stdout.flush()
         sys.stderr.flush()
         t0 = time.perf_counter()
@@ -148,7 +167,7 @@ def main(kind: str, model: str, work: Path, seed: int) -> None:
             code = 0
             try:
                 faults.configure(kill_at=kill_at, log=log)
-                train(cfg)
+                task() if task else train(cfg)
             except BaseException:  # noqa: BLE001 - reported through the exit code
                 traceback.print_exc()
                 code = 1
@@ -175,19 +194,31 @@ def main(kind: str, model: str, work: Path, seed: int) -> None:
                 "writer_alive": run.writer_alive(), "last_event": events[-1] if events else None,
                 "rows": len(rows), "rows_are_a_prefix": rows == reference_rows[:len(rows)]}
 
-    # ---- 1. the reference, in this process (it also imports everything the children use)
-    use_store("reference")
-    t0 = time.perf_counter()
-    faults.configure(log=work / "reference.events")
-    reference = train(config)
-    faults.configure()
-    report["reference_seconds"] = round(time.perf_counter() - t0, 2)
+    # ---- 1. a one-step run lists the modules a run imports; this process imports them, so that every child starts
+    #      with them (faster, and the same for all: one of them draws from Python's random when first imported)
+    def warm_up():
+        train(dataclasses.replace(config, **{"num_steps" if kind == "dpo" else "num_iterations": 1}))
+        (work / "modules.txt").write_text("\n".join(sys.modules))
+
+    use_store("warm-up")
+    assert child(config, task=warm_up)["exit"] == 0, "the one-step run failed"
+    for name in (work / "modules.txt").read_text().split():
+        if name not in sys.modules and not name.startswith("__"):
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    # ---- 2. the reference, logging its events
+    store = use_store("reference")
+    result = child(config, log=work / "reference.events")
+    assert result["exit"] == 0, f"the uninterrupted run failed: {result}"
+    report["reference_seconds"] = result["seconds"]
+    (reference,) = list_runs(store)
     report["reference"] = str(reference.path)
     events = read_events(work / "reference.events")
     reference_rows = comparable(reference.metrics())
     report["events"] = len(events)
 
-    # ---- 2. the chain: label kills in reference order, a few resumes killed at their start, two timed kills
+    # ---- 3. the chain: kills at the chosen events in reference order, a few resumes killed in their own start
     points = choose_points(events, rng)
     resume_kills_after = set(rng.sample(range(len(points) - 1), N_RESUME_KILLS))
     plan = []
@@ -195,37 +226,55 @@ def main(kind: str, model: str, work: Path, seed: int) -> None:
         plan.append(("event", events[p], expected_checkpoint(events, p)))
         if n in resume_kills_after:
             plan.append(("resume start", rng.randint(1, RESUME_START_EVENTS), None))
-    plan += [("timer", rng.uniform(0.1, 1.0) * report["reference_seconds"], None) for _ in range(N_TIMED_KILLS)]
     plan.append(("to the end", None, None))
     report["classes"] = {name: [e for e in (events[p] for p in points) if re.search(pattern, e)]
                          for name, pattern in CLASSES.items()}
 
-    store = use_store("chain")
-    run_path = None
-    for i, (how, at, expect) in enumerate(plan):
-        cfg = config if run_path is None else dataclasses.replace(config, resume_from=run_path)
-        log = work / f"chain-{i:02d}.events"
-        result = child(cfg, kill_at=at if how in ("event", "resume start") else None,
-                       delay=at if how == "timer" else None, log=log)
-        seen = observe(store, log, reference_rows)
-        run_path = run_path or seen["run"]
-        report["segments"].append({"how": how, "at": at, "expected_checkpoint": expect, **result, **seen})
+    def chain(name: str, plan: list, run_path: str | None = None) -> list[dict]:
+        store, segments = use_store(name), []
+        for i, (how, at, expect) in enumerate(plan):
+            cfg = config if run_path is None else dataclasses.replace(config, resume_from=run_path)
+            log = work / f"{name}-{i:02d}.events"
+            result = child(cfg, kill_at=at if how in ("event", "resume start") else None,
+                           delay=at if how == "timer" else None, log=log)
+            seen = observe(store, log, reference_rows)
+            run_path = run_path or seen["run"]
+            segments.append({"how": how, "at": at, "expected_checkpoint": expect, **result, **seen})
+            if i == 0 and name == "chain":  # the run as the first kill left it: where the timed kills start from
+                shutil.copytree(run_path, work / "timed" / Path(run_path).name, symlinks=True)
+        return segments
 
-    # ---- 3. early kills: a new run each, killed before its first checkpoint; a resume is refused clearly
+    report["segments"] = chain("chain", plan)
+
+    # ---- 4. kills from outside at seeded delays (a fraction of a typical segment), on a copy of the run as the first
+    #      kill left it, then a resume to the end: where they land depends on the machine, so they come on top
+    typical = sorted(s["seconds"] for s in report["segments"] if s["how"] == "event")[N_POINTS // 2]
+    timed = [("timer", round(rng.uniform(0.2, 1.5) * typical, 2), None) for _ in range(N_TIMED_KILLS)]
+    (copy,) = (work / "timed").iterdir()
+    report["timed"] = chain("timed", timed + [("to the end", None, None)], run_path=str(copy))
+
+    # ---- 5. early kills: a new run each, killed before its first checkpoint; a resume is refused clearly
     first = next(i for i, e in enumerate(events) if re.match(r"checkpoint step-\d+: renamed#", e))
+    def refused_resume(run_path: str) -> None:  # in the resuming process itself: a refusal gives the lock back
+        try:
+            train(dataclasses.replace(config, resume_from=run_path))
+        except common.TrainingError as exc:
+            (work / "refusal.json").write_text(json.dumps({"refusal": str(exc),
+                                                           "writer_alive_after_refusal": Run(run_path).writer_alive()}))
+
     for j, p in enumerate(sorted(rng.sample(range(first), N_EARLY_KILLS))):
         store = use_store(f"early-{j}")
         result = child(config, kill_at=events[p])
         seen = observe(store, None, reference_rows)
-        refusal = None
         if seen["run"]:
-            try:  # in this process: the refused resume must also give the writer lock back
-                train(dataclasses.replace(config, resume_from=seen["run"]))
-            except common.TrainingError as exc:
-                refusal = str(exc)
-            seen["writer_alive_after_refusal"] = list_runs(store)[0].writer_alive()
-        report["early"].append({"at": events[p], **result, **seen, "refusal": refusal})
+            (work / "refusal.json").unlink(missing_ok=True)
+            child(config, task=lambda: refused_resume(seen["run"]))
+            seen.update(json.loads((work / "refusal.json").read_text()) if (work / "refusal.json").is_file()
+                        else {"refusal": None})
+        report["early"].append({"at": events[p], **result, **seen})
 
+    t = os.times()
+    report["cpu_seconds"] = round(t.user + t.system + t.children_user + t.children_system, 1)
     (work / "report.json").write_text(json.dumps(report, indent=1))
 
 
