@@ -90,7 +90,10 @@ def _remove_folder(folder: Path, label: str) -> None:
     checkpoint that still looks like one."""
     aside = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-removed")
     shutil.rmtree(aside, ignore_errors=True)
-    os.replace(folder, aside)
+    try:
+        os.replace(folder, aside)
+    except FileNotFoundError:  # already gone
+        return
     faults.point(f"{label}: {folder.name} set aside")
     shutil.rmtree(aside, ignore_errors=True)
     faults.point(f"{label}: {folder.name} removed")

@@ -246,10 +246,9 @@ def main(kind: str, model: str, work: Path, seed: int) -> None:
 
     report["segments"] = chain("chain", plan)
 
-    # ---- 4. kills from outside at seeded delays (a fraction of a typical segment), on a copy of the run as the first
-    #      kill left it, then a resume to the end: where they land depends on the machine, so they come on top
-    typical = sorted(s["seconds"] for s in report["segments"] if s["how"] == "event")[N_POINTS // 2]
-    timed = [("timer", round(rng.uniform(0.2, 1.5) * typical, 2), None) for _ in range(N_TIMED_KILLS)]
+    # ---- 4. kills from outside at seeded delays (a fraction of the reference run's time), on a copy of the run as the
+    #      first kill left it, then a resume to the end: where they land depends on the machine, so they come on top
+    timed = [("timer", round(rng.uniform(0.1, 0.9) * report["reference_seconds"], 2), None) for _ in range(N_TIMED_KILLS)]
     (copy,) = (work / "timed").iterdir()
     report["timed"] = chain("timed", timed + [("to the end", None, None)], run_path=str(copy))
 
