@@ -45,7 +45,7 @@ N_TIMED_KILLS = 2  # extra: SIGKILL from outside after a seeded delay (where it 
 N_EARLY_KILLS = 2  # extra, each in a new run: before the first checkpoint
 RESUME_START_EVENTS = 7  # a resume's first events: the lock, metrics and samples cut (2 each), status (2)
 
-# kill-point classes the chain must contain (label patterns; the first match of each is forced in, by the seed)
+# kill-point classes the chain must contain (label patterns; the seed draws one event of each, then any events)
 CLASSES = {
     "checkpoint: between its files": r"^checkpoint .*: (model\.safetensors|optimizer\.safetensors|optimizer\.json) written",
     "checkpoint: written and fsynced, not renamed": r"^checkpoint .*: files fsynced",
@@ -88,7 +88,7 @@ def read_events(path: Path) -> list[str]:
 
 
 def choose_points(events: list[str], rng: random.Random) -> list[int]:
-    """Sorted event indices for the chain: every class once, then uniform draws, keeping only reachable ones."""
+    """Sorted event indices for the chain: an event of every class, then uniform draws, keeping only reachable ones."""
     done = []  # done[i]: the latest complete checkpoint once event i happened (None before the first)
     save_end: dict[int, int] = {}  # step -> index of the last event of that checkpoint's save (its pruning included)
     latest = None
@@ -110,10 +110,14 @@ def choose_points(events: list[str], rng: random.Random) -> list[int]:
                 c = done[p]
         return kept
 
-    points = {rng.choice([i for i in candidates if re.search(pattern, events[i])]) for pattern in CLASSES.values()}
-    while len(reachable(points)) < N_POINTS:
-        points.add(rng.choice(candidates))
-    return reachable(points)
+    points: set[int] = set()
+    for _ in range(10_000):
+        kept = reachable(points)
+        missing = [pattern for pattern in CLASSES.values() if not any(re.search(pattern, events[p]) for p in kept)]
+        if not missing and len(kept) >= N_POINTS:
+            return kept
+        points.add(rng.choice([i for i in candidates if re.search(missing[0], events[i])] if missing else candidates))
+    raise RuntimeError(f"no chain of {N_POINTS} reachable events covering every class: {missing}")
 
 
 def expected_checkpoint(events: list[str], index: int) -> int:
