@@ -252,7 +252,7 @@ def main(kind: str, model: str, work: Path, seed: int) -> None:
 
     # ---- 4. kills from outside at seeded delays (a fraction of the reference run's time), on a copy of the run as the
     #      first kill left it, then a resume to the end: where they land depends on the machine, so they come on top
-    timed = [("timer", round(rng.uniform(0.1, 0.9) * report["reference_seconds"], 2), None) for _ in range(N_TIMED_KILLS)]
+    timed = [("timer", round(rng.uniform(0.05, 0.6) * report["reference_seconds"], 2), None) for _ in range(N_TIMED_KILLS)]
     (copy,) = (work / "timed").iterdir()
     report["timed"] = chain("timed", timed + [("to the end", None, None)], run_path=str(copy))
 
