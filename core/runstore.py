@@ -375,7 +375,8 @@ class Run:
             if name == "eval_samples.jsonl" and not (self.path / name).is_file():
                 continue
             rows = [r for r in _read_jsonl(self.path / name) if r.get("step", 0) <= step]
-            _atomic_write_text(self.path / name, "".join(json.dumps(r) + "\n" for r in rows), label=f"{name} cut after step {step}")
+            _atomic_write_text(self.path / name, "".join(json.dumps(r) + "\n" for r in rows),
+                               label=f"{name} cut after step {step}")
 
     # ---------------------------------------------------------------- checkpoints
     def _checkpoint_folders(self) -> list[tuple[int, Path]]:

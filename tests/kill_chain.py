@@ -47,7 +47,7 @@ RESUME_START_EVENTS = 7  # a resume's first events: the lock, metrics and sample
 
 # kill-point classes the chain must contain (label patterns; the seed draws one event of each, then any events)
 CLASSES = {
-    "checkpoint: between its files": r"^checkpoint .*: (model\.safetensors|optimizer\.safetensors|optimizer\.json) written",
+    "checkpoint: between its files": r"^checkpoint .*: (model|optimizer)\.(safetensors|json) written",
     "checkpoint: written and fsynced, not renamed": r"^checkpoint .*: files fsynced",
     "checkpoint: an old one set aside, not yet deleted": r"^checkpoint .*: step-\d+ set aside",
     "metrics append: a torn last line": r"^metrics\.jsonl step \d+: half a line",

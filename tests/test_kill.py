@@ -52,8 +52,8 @@ def reports(tiny_model_path, tmp_path_factory):
     for kind in TRAINERS:
         work = tmp_path_factory.mktemp(f"kill-{kind}")
         out = open(work / "driver.log", "w")
-        started[kind] = (work, out, subprocess.Popen([sys.executable, str(DRIVER), kind, str(tiny_model_path), str(work), str(SEED)],
-                                                     cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
+        command = [sys.executable, str(DRIVER), kind, str(tiny_model_path), str(work), str(SEED)]
+        started[kind] = (work, out, subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
     reports = {}
     for kind, (work, out, proc) in started.items():
         code = proc.wait(timeout=540)
@@ -108,10 +108,10 @@ def test_sigkill_at_20_seeded_events_then_resume_equals_an_uninterrupted_run(rep
         _after_kill(seg, what)
         if seg["how"] == "event":
             assert seg["last_event"] == seg["at"], f"{what}: landed at {seg['last_event']!r}"
-            assert seg["resumable_from"] == seg["expected_checkpoint"], f"{what}: resumable from {seg['resumable_from']}"
+            assert seg["resumable_from"] == seg["expected_checkpoint"], (what, seg["resumable_from"])
         else:  # a resume killed in its own start: the lock, cutting the files back, or the status
-            assert re.match(rf"(writer lock taken|\S+ cut after step {previous}:|status\.json running step {previous}:)",
-                            seg["last_event"]), f"{what}: landed at {seg['last_event']!r}"
+            start = rf"(writer lock taken|\S+ cut after step {previous}:|status\.json running step {previous}:)"
+            assert re.match(start, seg["last_event"]), f"{what}: landed at {seg['last_event']!r}"
             assert seg["resumable_from"] == previous, what
         previous = seg["resumable_from"]
     last = segments[-1]
