@@ -13,8 +13,9 @@ costs milliseconds, a new Python with torch seconds), all on one thread:
    the next, and so on, with a few resumes killed inside their own start (an event number: the lock, cutting the
    files back, the status), and a last resume to the end. ``core.faults`` sends SIGKILL from inside the child at
    exactly the chosen event (``RLHF_WORKBENCH_KILL_AT``);
-4. TIMED kills from outside, after seeded delays, on a copy of the run as the first kill left it, then a resume
-   to the end (where they land depends on the machine: they come on top of the exact ones);
+4. TIMED kills from outside, on a copy of the run as the first kill left it, then a resume to the end: a seeded
+   delay after a seeded number of events, so they land between events, somewhere in the training (where exactly
+   depends on the machine: they come on top of the exact ones);
 5. EARLY kills, each in a new run, before the first checkpoint: nothing to resume; a resume must say so.
 
 The events are drawn with ``random.Random(SEED)``: >= 20 for the chain, at least one of each class in
@@ -41,7 +42,7 @@ from pathlib import Path
 
 N_POINTS = 20  # chained kills at seeded events (at least), per trainer
 N_RESUME_KILLS = 3  # extra: resumes killed inside their own start (the lock, truncation, status)
-N_TIMED_KILLS = 2  # extra: SIGKILL from outside after a seeded delay (where it lands depends on the machine)
+N_TIMED_KILLS = 2  # extra: SIGKILL from outside, a seeded delay after a seeded event (lands between events)
 N_EARLY_KILLS = 2  # extra, each in a new run: before the first checkpoint
 RESUME_START_EVENTS = 7  # a resume's first events: the lock, metrics and samples cut (2 each), status (2)
 
@@ -160,8 +161,9 @@ def main(kind: str, model: str, work: Path, seed: int) -> None:
         return work / name
 
     def child(cfg, kill_at=None, delay=None, log=None, task=None) -> dict:
-        """Run ``train(cfg)`` (or ``task()``) in a forked child, killed at event ``kill_at`` (core.faults) or after
-        ``delay`` s; exit status 0 when it returns, 1 on an exception."""
+        """Run ``train(cfg)`` (or ``task()``) in a forked child, killed at event ``kill_at`` (core.faults) or, with
+        ``delay=(n, seconds)``, from here that many seconds after its n-th event; exit status 0 when it returns,
+        1 on an exception."""
         report["threads_at_fork"] = max(report["threads_at_fork"], threading.active_count())
         sys.stdout.flush()
         sys.stderr.flush()
@@ -179,7 +181,11 @@ def main(kind: str, model: str, work: Path, seed: int) -> None:
             sys.stderr.flush()
             os._exit(code)
         if delay is not None:
-            time.sleep(delay)
+            n, seconds = delay
+            running = lambda: os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None  # noqa: E731
+            while len(read_events(log)) < n and running():
+                time.sleep(0.01)
+            time.sleep(seconds)
             os.kill(pid, signal.SIGKILL)  # a child that already ended is a zombie until waited for: no error
         _, status, _ = os.wait4(pid, 0)
         return {"killed": os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL,
@@ -250,9 +256,10 @@ def main(kind: str, model: str, work: Path, seed: int) -> None:
 
     report["segments"] = chain("chain", plan)
 
-    # ---- 4. kills from outside at seeded delays (a fraction of the reference run's time), on a copy of the run as the
-    #      first kill left it, then a resume to the end: where they land depends on the machine, so they come on top
-    timed = [("timer", round(rng.uniform(0.05, 0.6) * report["reference_seconds"], 2), None) for _ in range(N_TIMED_KILLS)]
+    # ---- 4. kills from outside, a seeded delay after a seeded event, on a copy of the run as the first kill left it,
+    #      then a resume to the end: where they land depends on the machine, so they come on top of the exact ones
+    timed = [("timer", (rng.randint(RESUME_START_EVENTS, 60), round(rng.uniform(0.0, 0.5), 2)), None)
+             for _ in range(N_TIMED_KILLS)]
     (copy,) = (work / "timed").iterdir()
     report["timed"] = chain("timed", timed + [("to the end", None, None)], run_path=str(copy))
 
