@@ -121,7 +121,8 @@ def run_label(run, status: bool = True) -> str:
 
 def safe_status(run) -> dict:
     """``run.effective_status()`` ("interrupted" for a "running" run whose process died), or a placeholder while the
-    folder is being created (config.json before status.json) or gone."""
+    folder is being created (``Run.create`` writes status.json first, so this is a folder still being written by
+    hand or an old run store) or gone."""
     try:
         return run.effective_status()
     except Exception:  # noqa: BLE001 - RunStoreError (no status.json yet, or deleted) or an unreadable file
