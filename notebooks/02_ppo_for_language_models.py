@@ -566,10 +566,16 @@ print(f"KL-in-loss term {kl_term.item():.5f} (k3 mean over {int(n_tokens)} token
 # seconds we need a reward that the random 2-layer model can improve on quickly, so we use a Python function as the
 # reward, the mechanism `core.trainers.rewards_setup` provides for `module:function` rewards (from Python, a
 # `FunctionReward` passed as `extra_rewards`): the fraction of the response's words that start with a capital
-# letter. The tiny model's responses are random tokens, about 30 % of whose words are capitalised; PPO can raise that
-# by making capitalised tokens more likely, and the KL penalty ($\beta$ = 0.05) charges it for moving away from the
-# reference. The run: 8 raw-text prompts, 16 rollouts of 16 tokens per iteration, 2 epochs of 2 minibatches, all
-# weights trained (no LoRA), Adam at 1e-2 (large: the model is tiny and the run short). The run folder goes to a
+# letter. PPO can raise it by making capitalised tokens more likely; the KL penalty ($\beta$ = 0.05, per-token $k_1$)
+# charges it for moving away from the reference.
+#
+# One trick makes this learnable in 20 iterations: **sampling temperature 0.05**. The random model's logits are
+# nearly flat (a spread of about 0.1 over 49,152 tokens), so at temperature 1 every token has probability ≈ 1/49,152
+# and PPO would have to raise thousands of tokens one sample at a time. Dividing the logits by 0.05 gives a peaked
+# distribution over a few hundred tokens per context, which a few updates can reshape. The trainer uses the
+# log-probabilities of the *tempered* distribution everywhere (old, new and reference), so PPO's ratios and the KL are
+# those of the distribution actually sampled. The run: 8 raw-text prompts, 16 rollouts of 16 tokens per iteration,
+# 2 epochs of 2 minibatches, all weights trained (no LoRA), Adam at 1e-3, 20 iterations. The run folder goes to a
 # temporary run store.
 
 # %%
@@ -589,9 +595,9 @@ with open(prompt_file, "w") as f:
     f.write("\n".join(["You are a", "I think that the", "The weather today is", "My friend said", "Why do people",
                        "Tell me about", "Once upon a time", "The best way to"]) + "\n")
 toy_config = PPOConfig(model_name_or_path=TINY_MODEL, prompts=prompt_file, num_prompts=8, eval_prompts=0, rewards="",
-                       batch_size=16, minibatch_size=8, ppo_epochs=2, num_iterations=30, max_new_tokens=16,
-                       learning_rate=1e-2, lora=False, kl_coef=0.05, chat_template=False, eval_every=0, save_every=0,
-                       samples_per_log=16, cpu=True, seed=0)
+                       batch_size=16, minibatch_size=8, ppo_epochs=2, num_iterations=20, max_new_tokens=16,
+                       temperature=0.05, learning_rate=1e-3, lora=False, kl_coef=0.05, chat_template=False,
+                       eval_every=0, save_every=0, samples_per_log=16, cpu=True, seed=0)
 history = []
 toy_run = train_ppo(toy_config, on_log=lambda step, metrics: history.append(
     {"step": step, **{k: float(v) for k, v in metrics.items()}}), extra_rewards={"title_case": FunctionReward(title_case)})
@@ -608,7 +614,7 @@ print(f"mean reward, first 5 iterations {reward_first:.3f}, last 5 {reward_last:
       f"final KL {history[-1]['objective/kl']:.3f}")
 for sample in toy_run.samples(steps[-1])[:3]:
     print(repr(sample["prompt"]), "->", repr(sample["response"]))
-assert reward_last > reward_first + 0.1, "PPO did not raise the reward"
+assert reward_last > reward_first + 0.15, "PPO did not raise the reward"
 
 # %%
 fig = make_subplots(rows=2, cols=2, subplot_titles=list(curves))
@@ -622,15 +628,19 @@ fig.show()
 # %% [markdown]
 # How to read the four curves, the ones the app's training page shows for every PPO run:
 #
-# * **reward** rises: the policy finds the capitalised tokens. It is noisy: 16 samples per iteration.
-# * **KL** rises from 0 (policy = reference at the start) as the policy moves; the penalty $\beta\cdot$KL is what
-#   stops it moving further for a small gain. A KL that explodes while the reward stalls is the first sign of a
-#   learning rate that is too large.
+# * **reward** rises: the policy finds capitalised tokens. It is noisy: 16 samples per iteration.
+# * **KL** rises from 0 (policy = reference at the start) and keeps rising: at $\beta$ = 0.05 the penalty is small
+#   next to what the reward pays, and the tempered reference is so peaked that leaving it costs many nats. The
+#   samples show where that leads: the policy collapses onto a few tokens, often repeated. A reward that can be
+#   satisfied by degenerate text, a small $\beta$ and nothing else watching is how reward hacking starts
+#   (notebook 7); raising $\beta$ slows both the reward and the drift.
 # * **clip fraction**: in the first epoch of each iteration nothing is clipped ($\rho = 1$); in the second, some
-#   ratios leave $[0.8, 1.2]$. A few percent to a few tens of percent is normal with a large learning rate; near 0
-#   means the update barely moves the policy, near 1 means the epochs are wasted.
-# * **response length** is not rewarded, so it only drifts with the tokens the policy prefers. In real runs it is
-#   the curve to watch for reward hacking (notebook 7): a reward model that likes long answers makes it climb.
+#   ratios leave $[0.8, 1.2]$. It falls as the policy becomes confident (its probabilities, near 1 for the tokens it
+#   samples, cannot grow by 20 %). Near 0 from the start means the update barely moves the policy; near 1, that the
+#   epochs are wasted.
+# * **response length** (characters; the token count is fixed, since the tiny model almost never samples EOS) is not
+#   rewarded, so it only drifts with the tokens the policy prefers. In real runs it is a curve to watch for reward
+#   hacking: a reward model that likes long answers makes it climb.
 
 # %% [markdown]
 # ## Summary: the derivation equals `core`
