@@ -434,7 +434,8 @@ advantages, returns = gae(shaped_rewards, values, completion_mask, gamma=gamma, 
 for b in range(B):
     keep = completion_mask[b].bool()
     r, v = shaped_rewards[b, keep].tolist(), values[b, keep].tolist()
-    assert_close(gae_backward(shaped_rewards[b, keep], values[b, keep], gamma, lam), advantages[b, keep])  # Exercise 2.2
+    mine = gae_backward(shaped_rewards[b, keep], values[b, keep], gamma, lam)
+    assert_close(mine, advantages[b, keep])  # Exercise 2.2, graded
     for method in (row_gae_sum, row_gae_lambda_return):
         assert_close(torch.tensor(method(r, v)), advantages[b, keep])
 assert_close(returns, (advantages + values) * completion_mask)
@@ -562,8 +563,9 @@ print(f"KL-in-loss term {kl_term.item():.5f} (k3 mean over {int(n_tokens)} token
 # ## 7. A short PPO run that learns
 #
 # Everything above is one iteration. The trainer, `core.trainers.ppo.train_ppo`, chains the same functions in its
-# numbered phases (rollout → score → shape → advantages → update → log) over many iterations. To *see* it learn in
-# seconds we need a reward that the random 2-layer model can improve on quickly, so we use a Python function as the
+# numbered phases (rollout → score → shape → advantages → update → log) over many iterations. To *see* it
+# learn in seconds we need a reward that the random 2-layer model can improve on quickly, so we use a Python
+# function as the
 # reward, the mechanism `core.trainers.rewards_setup` provides for `module:function` rewards (from Python, a
 # `FunctionReward` passed as `extra_rewards`): the fraction of the response's words that start with a capital
 # letter. PPO can raise it by making capitalised tokens more likely; the KL penalty ($\beta$ = 0.05, per-token $k_1$)
@@ -599,8 +601,9 @@ toy_config = PPOConfig(model_name_or_path=TINY_MODEL, prompts=prompt_file, num_p
                        temperature=0.05, learning_rate=1e-3, lora=False, kl_coef=0.05, chat_template=False,
                        eval_every=0, save_every=0, samples_per_log=16, cpu=True, seed=0)
 history = []
-toy_run = train_ppo(toy_config, on_log=lambda step, metrics: history.append(
-    {"step": step, **{k: float(v) for k, v in metrics.items()}}), extra_rewards={"title_case": FunctionReward(title_case)})
+toy_run = train_ppo(toy_config, extra_rewards={"title_case": FunctionReward(title_case)},
+                    on_log=lambda step, metrics: history.append({"step": step, **{k: float(v) for k, v in
+                                                                                 metrics.items()}}))
 steps = [h["step"] for h in history]
 curves = {
     "reward (objective/scores)": [h["objective/scores"] for h in history],

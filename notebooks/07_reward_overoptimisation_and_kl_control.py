@@ -106,7 +106,7 @@ log_ref = torch.full((M,), -math.log(M))  # (M,) log pi_ref: uniform over the po
 
 
 def gold_labelled_pairs(n, generator):
-    """n pairs drawn from pi_ref, the winner chosen by the gold model with Bradley-Terry noise. -> (chosen, rejected) (n,)."""
+    """n pairs drawn from pi_ref, the winner picked by the gold model with BT noise. -> chosen, rejected (n,)."""
     i = torch.randint(M, (n,), generator=generator)
     j = torch.randint(M, (n,), generator=generator)
     i_wins = torch.rand(n, generator=generator) < torch.sigmoid(gold[i] - gold[j])
@@ -240,7 +240,7 @@ if SOLUTIONS:
 Ns = 2 ** np.arange(11)  # 1 .. 1024
 bon = [best_of_n_distribution(int(n)) for n in Ns]
 exact_kl = np.array([kl_to_ref(p) for p in bon])
-np.testing.assert_allclose(best_of_n_kl(Ns), exact_kl, rtol=2e-3, atol=1e-9)  # the pool is big enough to look continuous
+np.testing.assert_allclose(best_of_n_kl(Ns), exact_kl, rtol=2e-3, atol=1e-9)  # the pool is big enough to be ~continuous
 assert np.all(exact_kl <= best_of_n_kl(Ns) + 1e-9)  # and on a finite pool the formula is an upper bound
 u_max = torch.rand(20_000, 64, generator=torch.Generator().manual_seed(4)).max(dim=1).values  # largest of N = 64
 simulated = (math.log(64) + 63 * torch.log(u_max)).numpy()
@@ -269,8 +269,8 @@ print(f"gold peaks at N = {Ns[peak]} (sqrt KL = {bon_d[peak]:.2f}); at N = {Ns[-
 # exactly as the trainer does (`core.rl.kl_penalized_rewards`, here a "sequence" of one token, mask (B, 1)), whitens
 # the advantages (`masked_whiten`) and takes 4 epochs of `core.losses.ppo_policy_loss` (clip 0.2) with plain SGD
 # (the features have unit covariance under $\pi_{\text{ref}}$, so SGD's steps follow the proxy's direction; Adam's
-# per-coordinate scaling would move the policy along another path). A response is one action, so the advantage is the whitened shaped reward (GAE with one step). The same loop serves
-# three experiments: no KL penalty (this section), the adaptive controller (section 5), fixed coefficients (section 6).
+# per-coordinate scaling would move the policy along another path). A response is one action, so the advantage
+# is the whitened shaped reward (GAE with one step). The same loop serves three experiments: no KL penalty (this section), the adaptive controller (section 5), fixed coefficients (section 6).
 
 # %%
 def train_policy(kl_ctl, iterations, lr=0.03, batch_size=256, epochs=4, seed=1):
@@ -294,7 +294,8 @@ def train_policy(kl_ctl, iterations, lr=0.03, batch_size=256, epochs=4, seed=1):
             idx = torch.multinomial(pi, batch_size, replacement=True, generator=gen)  # (B,)
             old_logprobs = logp_all[idx][:, None]  # (B, 1)
         beta = kl_ctl.value  # 2-4. score, shape with the KL penalty, advantages
-        shaped, per_token_kl = kl_penalized_rewards(proxy[idx][:, None], old_logprobs, log_ref[idx][:, None], mask, beta)
+        shaped, per_token_kl = kl_penalized_rewards(proxy[idx][:, None], old_logprobs, log_ref[idx][:, None], mask,
+                                                    beta)
         advantages = masked_whiten(shaped, mask)
         clipfracs = []
         for _ in range(epochs):  # 5. update: clipped surrogate
@@ -316,7 +317,8 @@ no_penalty, _ = train_policy(FixedKLController(0.0), iterations=30)
 rl_d = np.sqrt(no_penalty["kl"])
 peak_rl = int(np.argmax(no_penalty["gold"]))
 print(f"gold peaks at iteration {peak_rl} (sqrt KL {rl_d[peak_rl]:.2f}, gold {no_penalty['gold'][peak_rl]:.3f}); "
-      f"after 30 iterations sqrt KL {rl_d[-1]:.2f}, gold {no_penalty['gold'][-1]:.3f}, proxy {no_penalty['proxy'][-1]:.3f}")
+      f"after 30 iterations sqrt KL {rl_d[-1]:.2f}, gold {no_penalty['gold'][-1]:.3f}, "
+      f"proxy {no_penalty['proxy'][-1]:.3f}")
 assert no_penalty["proxy"][-1] > no_penalty["proxy"][peak_rl] + 0.5  # the proxy kept climbing after the gold peak
 assert no_penalty["gold"][peak_rl] - no_penalty["gold"][-1] > 0.2  # while the gold reward fell
 
@@ -355,7 +357,8 @@ fig.add_scatter(x=d_grid, y=d_grid * (alpha_bon - beta_bon * d_grid), mode="line
 fig.add_scatter(x=d_grid, y=d_grid * (alpha_rl - beta_rl * np.log(d_grid)), mode="lines", name="fit d(α − β log d)",
                 line=dict(color="#d62728", width=1, dash="dash"))
 fig.update_layout(title="Over-optimisation: reward gain against √KL (Gao et al. 2022, Fig. 1's shape)",
-                  xaxis_title="d = √KL(π ‖ π_ref)  (√nats)", yaxis_title="reward − reward under π_ref", height=460)
+                  xaxis_title="d = √KL(π ‖ π_ref)  (√nats)", yaxis_title="reward − reward under π_ref",
+                  height=460)
 fig.show()
 
 # %% [markdown]
