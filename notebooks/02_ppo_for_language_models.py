@@ -621,8 +621,8 @@ assert reward_last > reward_first + 0.15, "PPO did not raise the reward"
 
 # %%
 fig = make_subplots(rows=2, cols=2, subplot_titles=list(curves))
-for k, (name, values) in enumerate(curves.items()):
-    fig.add_scatter(x=steps, y=values, mode="lines+markers", name=name, showlegend=False,
+for k, (name, series) in enumerate(curves.items()):
+    fig.add_scatter(x=steps, y=series, mode="lines+markers", name=name, showlegend=False,
                     row=k // 2 + 1, col=k % 2 + 1)
 fig.update_xaxes(title_text="PPO iteration", row=2)
 fig.update_layout(title="A short PPO run on the tiny model: reward title-cased words", height=520)
