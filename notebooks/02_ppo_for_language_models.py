@@ -68,6 +68,7 @@ transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 np.set_printoptions(suppress=True)
 torch.manual_seed(0)
+torch.set_num_threads(1)  # a 2-layer model gains little from threads; one thread also makes the toy run reproducible
 
 # %% [markdown]
 # ## 1. Generation as a Markov decision process

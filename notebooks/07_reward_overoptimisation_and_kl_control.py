@@ -75,7 +75,7 @@ np.set_printoptions(suppress=True, precision=4)
 # * plotted against the distance $d = \sqrt{\mathrm{KL}(\pi\,\|\,\pi_{\text{init}})}$, the proxy reward rises
 #   monotonically while the gold reward rises, peaks, and falls: **over-optimisation** (Goodhart's law);
 # * the gold curves follow simple forms, $R_{\text{BoN}}(d) = d\,(\alpha_{\text{bon}} - \beta_{\text{bon}}\, d)$ and
-#   $R_{\text{RL}}(d) = d\,(\alpha_{\text{RL}} - \beta_{\text{RL}}\log d)$ (their eqs. 1–2, $R$ measured from the
+#   $R_{\text{RL}}(d) = d\,(\alpha_{\text{RL}} - \beta_{\text{RL}}\log d)$ ($R$ measured from the
 #   initial policy's reward; these $\alpha, \beta$ are fitted coefficients, not the KL coefficient);
 # * larger proxies and more labels push the peak to larger KL and higher gold reward; a KL penalty in PPO does not
 #   improve the gold-versus-KL frontier, it mostly acts like early stopping.
@@ -356,7 +356,7 @@ fig.add_scatter(x=d_grid, y=d_grid * (alpha_bon - beta_bon * d_grid), mode="line
                 line=dict(color="#1f77b4", width=1, dash="dash"))
 fig.add_scatter(x=d_grid, y=d_grid * (alpha_rl - beta_rl * np.log(d_grid)), mode="lines", name="fit d(α − β log d)",
                 line=dict(color="#d62728", width=1, dash="dash"))
-fig.update_layout(title="Over-optimisation: reward gain against √KL (Gao et al. 2022, Fig. 1's shape)",
+fig.update_layout(title="Over-optimisation: reward gain against √KL (the shape Gao et al. 2022 report)",
                   xaxis_title="d = √KL(π ‖ π_ref)  (√nats)", yaxis_title="reward − reward under π_ref",
                   height=460)
 fig.show()
