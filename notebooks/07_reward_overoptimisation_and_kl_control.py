@@ -541,7 +541,7 @@ fig.show()
 # |---|---|---|
 # | PPO detox, sentence-level toxicity reward (`docs/training.md`, "Proof that it learns") | held-out average max toxicity 0.199 → 0.072 | answers shrank from 23.6 to 11.9 tokens: a response that says less has fewer chances to be toxic, and the sentence-level reward pays per sentence |
 # | PPO detox, holistic toxicity reward (same table) | 0.199 → 0.084 | perplexity under the reference rose from 50.8 to 74.6: the policy drifted towards text the bag-of-words toxicity classifier scores as clean but that reads less like the reference model |
-# | shipped HH-RLHF reward model `hh-holistic` (`docs/reward_models.md`) | held-out pairwise accuracy 0.616 | a proxy that orders nearly four pairs in ten the wrong way; optimised hard it would be followed into exactly the regions where it is wrong |
+# | shipped HH-RLHF reward model `hh-holistic` (`docs/reward_models.md`) | held-out pairwise accuracy 0.654 | a proxy that orders about one pair in three the wrong way; optimised hard it would be followed into exactly the regions where it is wrong |
 # | notebook 4 (SimPO) | the length-normalised implicit reward | the length bias of the preference data; without normalisation the reward favours longer responses |
 #
 # Typical exploits, and the safeguards the workbench provides:
