@@ -10,6 +10,13 @@ prompts; the sidebar's model samples K responses in the background) or import
 QA-Feedback / HH-RLHF, show agreement, export every format, and train a reward model on
 the labels that the token explorer and the reward-weight lab list at once.
 
+Threads and processes: sampling runs in a background thread of the server with the
+project's cached policy, drawing from a ``torch.Generator`` of its own (never the global
+one other sessions sample from); every training runs in a child process
+(``core.feedback.train.train_in_child_process``, ``python -m core.trainers.launch`` for the
+fine-grained models) that a background thread waits for, so a training's seeding and
+memory never reach the server.
+
 What it leaves out: drag-and-drop ranking (number inputs per response are as quick),
 accounts (the app serves 127.0.0.1). All logic lives in ``core.feedback``.
 Registered in ``workbench/app.py``; run ``streamlit run workbench/app.py``.
@@ -411,22 +418,33 @@ def agreement_tab(project: dict) -> None:
             st.success("Written: " + ", ".join(f"`{p}`" for p in paths.values()))
 
 
+def config_with_destination(config, project: dict):
+    """``config`` with its save folder chosen here (the store's folder as this server sees it; a taken default name
+    gets a time stamp), so the child process saves exactly where the explorer and the lab look."""
+    from dataclasses import replace
+
+    from core.rewards import store as reward_store
+
+    name = reward_store.safe_name(f"feedback-{project['name']}")
+    return replace(config, name=name, save_dir=str(reward_store.destination(name, default_name=True)))
+
+
 def train_tab(project: dict) -> None:
-    from core.feedback.train import FeedbackRMConfig, train_feedback_reward_model, train_finegrained_from_spans
+    from core.feedback.train import FeedbackRMConfig, train_finegrained_from_spans, train_in_child_process
 
     db = store()
     key = f"train_{project['id']}"
     st.caption(f"A holistic reward model on `{state.current_model()}` features, K-wise ranking loss (InstructGPT eq. 1), "
                "a quarter of the items held out to measure agreement with your labels.")
     if st.button("Train a reward model on these labels", key=K("train"), type="primary", disabled=task_running(key)):
-        config = FeedbackRMConfig(project=project["name"], model_name_or_path=state.current_model(),
-                                  device=state.current_device())
-        start_task(key, "training", lambda: train_feedback_reward_model(config, db))
+        config = FeedbackRMConfig(project=str(project["id"]), db=str(db.path), model_name_or_path=state.current_model(),
+                                  device=state.current_device(), feature_cache_dir=str(Path(db.path).parent / "feature-cache"))
+        start_task(key, "training", lambda: train_in_child_process(config_with_destination(config, project)))
         st.rerun()
     if st.button("Train C1 and C2 models on the span labels", key=K("train_fg"), disabled=task_running(key + "_fg")):
         model = state.current_model()
-        start_task(key + "_fg", "fine-grained", lambda: [str(train_finegrained_from_spans(db, project["id"], c, model).path)
-                                                           for c in ("C1", "C2")])
+        start_task(key + "_fg", "fine-grained", lambda: [
+            str(train_finegrained_from_spans(db, project["id"], c, model, child_process=True).path) for c in ("C1", "C2")])
         st.rerun()
 
     @st.fragment(run_every=components.POLL_SECONDS if task_running(key) or task_running(key + "_fg") else None)

@@ -1,4 +1,5 @@
-"""AppTest of the feedback studio page: create a project (sampled in the background), label, mark a span, export, train.
+"""AppTest of the feedback studio page: create a project (sampled in the background), label, mark a span, export, train
+(in a child process).
 
 Runs the real ``workbench/app.py`` frame with the tiny random Llama, a throw-away feedback
 database and an empty reward-model store.
@@ -124,11 +125,10 @@ def test_create_sample_label_span_correct_skip_export_and_train(tmp_path):
 
     # train on the labels (in the background); the model lands in the reward-model store
     at.button(key="fs_train").click().run()
+    # (in a child process: the model is saved before that process ends and hands back its result)
     _wait(lambda: any((tmp_path / "rms").glob("feedback-typed/workbench_reward.json")), timeout=90)
-    time.sleep(0.5)
-    at.run()
+    _wait(lambda: any("listed in the token explorer" in s.value for s in at.run().success), timeout=60)
     _clean(at)
-    assert any("listed in the token explorer" in s.value for s in at.success)
     # the saved model is offered for agreement with the annotators (beside the shipped ones), and scores every response
     pick = at.selectbox(key=f"fs_rm_pick_{pid}")
     trained = [o for o in pick.options if o.endswith("feedback-typed")]

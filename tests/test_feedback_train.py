@@ -126,3 +126,66 @@ def test_finegrained_model_from_span_labels(db, tiny_model_path, tmp_path):
     assert read_meta(tmp_path / "c1")["category"] == "C1"
     with pytest.raises(FeedbackError, match="C1 and C2"):
         train_finegrained_from_spans(db, pid, "C3", str(tiny_model_path))
+
+
+def test_sampling_draws_from_its_own_generator_and_leaves_the_global_rng_alone(tiny_model_path):
+    """The studio samples in a server thread: torch's global RNG state is unchanged, and the seed alone fixes the text."""
+    from core.feedback.sampling import sample_responses
+    from core.models import load_causal_lm, load_tokenizer
+
+    tok, policy = load_tokenizer(str(tiny_model_path)), load_causal_lm(str(tiny_model_path), device="cpu")
+    before = torch.get_rng_state()
+    first = sample_responses(policy, tok, "Why is the sky blue?", k=3, seed=7, max_new_tokens=5)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.rand(100)  # another session's draws from the global generator change nothing
+    assert sample_responses(policy, tok, "Why is the sky blue?", k=3, seed=7, max_new_tokens=5) == first
+    assert sample_responses(policy, tok, "Why is the sky blue?", k=3, seed=8, max_new_tokens=5) != first
+
+
+def test_kv_cached_sampler_equals_a_full_forward_loop_with_left_padding(tiny_model_path):
+    """sample_with_generator (KV cache, position ids from the mask) draws what a naive loop over whole sequences draws."""
+    from core.feedback.sampling import sample_with_generator
+    from core.models import load_causal_lm, load_tokenizer
+    from core.rollout import encode_prompts
+
+    tok, policy = load_tokenizer(str(tiny_model_path)), load_causal_lm(str(tiny_model_path), device="cpu")
+    prompts = ["Hi", "Why is the sky blue? Tell me in one line."]  # different lengths: left padding
+    got = sample_with_generator(policy, tok, prompts, torch.Generator().manual_seed(3), max_new_tokens=4, temperature=0.7)
+    ids, mask = encode_prompts(tok, prompts, chat_template=True)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for _ in range(4):
+            logits = policy(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
+            token = torch.multinomial(torch.softmax(logits.float() / 0.7, -1), 1, generator=g)
+            ids, mask = torch.cat([ids, token], 1), torch.cat([mask, torch.ones_like(token)], 1)
+    naive = ids[:, -4:].tolist()
+    assert [row == naive[i][: len(row)] for i, row in enumerate(got)] == [True, True] and any(len(r) == 4 for r in got)
+
+
+def test_the_studio_trains_in_a_child_process(db, tiny_model_path, tmp_path):
+    """train_in_child_process: the result comes back from another pid, the server's global RNG is untouched, the
+    features are kept for the next training's process, and a failed child is its one-line message."""
+    import os
+
+    import dataclasses
+
+    from core.feedback.train import FEATURE_CACHE, FeedbackRMConfig, train_feedback_reward_model, train_in_child_process
+
+    pid = _labelled_project(db)
+    before = torch.get_rng_state()
+    config = FeedbackRMConfig(project=str(pid), db=str(db.path), model_name_or_path=str(tiny_model_path), num_steps=150,
+                              learning_rate=5e-2, save_dir=str(tmp_path / "rm"), name="endings",
+                              feature_cache_dir=str(tmp_path / "features"))
+    result = train_in_child_process(config)
+    assert result["pid"] != os.getpid() and torch.equal(torch.get_rng_state(), before)
+    assert result["model_path"] == str(tmp_path / "rm") and (tmp_path / "rm" / "workbench_reward.json").is_file()
+    assert result["figures"]["train_agreement"] == 1.0 and sorted(result["scores"]) == [it["id"] for it in db.items(pid)]
+    assert result["figures"]["features_reused"] == 0 and any((tmp_path / "features").iterdir())
+    FEATURE_CACHE.clear()  # as in the next training's fresh process: the 36 features come from the cache folder
+    again = train_feedback_reward_model(dataclasses.replace(config, save_model=False, num_steps=1), db)
+    assert again["figures"]["features_reused"] == 36
+    from core.feedback.train import run_module
+
+    (tmp_path / "bad.json").write_text("x")
+    with pytest.raises(FeedbackError, match=r"^Expecting value: line 1"):  # a failed child: its last stderr line
+        run_module("json.tool", str(tmp_path / "bad.json"))

@@ -14,8 +14,9 @@ Phases of ``train_feedback_reward_model``:
                  ratings of all K responses stand in for a ranking they did not give;
                  items split train / held-out (grouped by item: no item on both sides)
     2. model     scalar-head model (``core.models.load_reward_model``), backbone frozen
-    3. features  the last-token hidden state of every (prompt, response), once per process
-                 (``FEATURE_CACHE``: a retrain after more labels computes only the new responses)
+    3. features  the last-token hidden state of every (prompt, response), computed once
+                 (``FEATURE_CACHE`` in a process, and ``feature_cache_dir`` between processes:
+                 a retrain after more labels computes only the new responses)
     4. train     full-batch AdamW on the score head, ranking loss per (item, annotator)
     5. evaluate  each annotator's agreement with the model on held-out items (and on train)
     6. save      normalisation + the model folder via ``core.rewards.store`` (kind
@@ -24,6 +25,10 @@ Phases of ``train_feedback_reward_model``:
 Deviations: InstructGPT fine-tunes a 6B RM; here a linear head on a frozen 135M backbone
 (seconds on a CPU for a few hundred responses). The whole backbone is saved with the head
 (``core.rewards.store`` stores full models).
+
+How the app runs it: ``train_in_child_process`` starts ``python -m core.feedback.train ...
+--result-file F`` and reads F, so the training's ``torch.manual_seed``, model and memory stay
+out of the server (other sessions sample from the server's global generator).
 
 ``train_finegrained_from_spans`` writes the span labels in QA-Feedback format
 (``core.feedback.export``) and runs ``core.trainers.finegrained.train_finegrained_rm`` on them.
@@ -40,6 +45,11 @@ with the exported preferences.jsonl), ensembles, active learning.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -92,6 +102,10 @@ class FeedbackRMConfig:
     """where to save it (default: reward_models_dir()/<name>)"""
     device: str = "cpu"
     """device for the features and the head"""
+    feature_cache_dir: str = ""
+    """folder keeping the backbone's features between processes (a file per backbone and max_length); '': this process only"""
+    result_file: str = ""
+    """write the result (model path, figures, meta, scores) here as JSON (how the app reads a training it ran in a child process)"""
 
 
 # ----------------------------------------------------------------------------- loss
@@ -137,7 +151,8 @@ def ranking_groups(store: FeedbackStore, project_id: int, use_ratings: bool = Tr
 
 FEATURE_CACHE: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
 """(backbone, max_length) -> {text: (H,) feature}: the frozen backbone's features, kept for the life of the
-process, so retraining after a few more labels only computes the new responses (the app is one process)."""
+process, so retraining after a few more labels only computes the new responses (the app's trainings each run
+in a fresh process and keep them in ``feature_cache_dir`` instead)."""
 
 
 def response_features(model, tokenizer, texts: list[str], max_length: int, batch_size: int, device,
@@ -157,6 +172,43 @@ def response_features(model, tokenizer, texts: list[str], max_length: int, batch
             cache.update(zip(batch, h))
     reused = len(set(texts)) - len(todo)
     return (torch.stack([cache[t] for t in texts]) if texts else torch.zeros(0)), reused
+
+
+def feature_cache_file(config) -> Path | None:
+    """``feature_cache_dir/<backbone>-<max_length>.safetensors``, or None without a cache folder."""
+    if not config.feature_cache_dir:
+        return None
+    return Path(config.feature_cache_dir) / f"{reward_store.safe_name(str(config.model_name_or_path))}-{config.max_length}.safetensors"
+
+
+def _text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def load_features(path: Path, texts: list[str], cache: dict) -> None:
+    """Put the features of ``texts`` stored in ``path`` (keyed by the text's sha256) into ``cache``; a bad file is ignored."""
+    if not path.is_file():
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            stored = set(f.keys())
+            for t in texts:
+                if t not in cache and _text_key(t) in stored:
+                    cache[t] = f.get_tensor(_text_key(t))
+    except Exception:  # noqa: BLE001 - a cache: a truncated or foreign file is recomputed, never fatal
+        return
+
+
+def save_features(path: Path, cache: dict) -> None:
+    """Write every feature of ``cache`` to ``path`` atomically (a temporary file, then a rename)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({_text_key(t): v.contiguous() for t, v in cache.items()}, str(tmp))
+    os.replace(tmp, path)
 
 
 def _split(records, eval_fraction, seed, key):
@@ -200,8 +252,13 @@ def train_feedback_reward_model(config: FeedbackRMConfig, store: FeedbackStore |
     texts = [format_pair(tokenizer, items[i]["prompt"], r, "text", " ")[0] for i in used for r in items[i]["responses"]]
     t0 = time.time()
     cache = FEATURE_CACHE.setdefault((str(config.model_name_or_path), config.max_length), {})
+    cache_file = feature_cache_file(config)
+    if cache_file:
+        load_features(cache_file, texts, cache)
     feats, reused = response_features(model, tokenizer, texts, config.max_length, config.feature_batch_size,
                                       config.device, cache)
+    if cache_file and reused < len(set(texts)):
+        save_features(cache_file, cache)
     k = project["k"]
     row = {item_id: n for n, item_id in enumerate(used)}
     feats = feats.view(len(used), k, -1)  # (items, K, H)
@@ -259,12 +316,64 @@ def train_feedback_reward_model(config: FeedbackRMConfig, store: FeedbackStore |
     return {"model_path": str(path) if path else None, "figures": figures, "meta": meta, "scores": scores}
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def config_flags(config: FeedbackRMConfig) -> list[str]:
+    """The command-line flags that rebuild ``config`` in ``main`` (tyro's spelling: --a-b VALUE, --x / --no-x)."""
+    flags = []
+    for field, value in vars(config).items():
+        flag = "--" + field.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + field.replace("_", "-"))
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def run_module(*args: str) -> int:
+    """``python -m ARGS`` with this interpreter, from the project folder; returns the child's pid.
+
+    FeedbackError with the child's one-line message (``core.cli``), the last line of its
+    traceback, or the signal that killed it, when it fails.
+    """
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        lines = [x.strip() for x in err.splitlines() if x.strip()]
+        raise FeedbackError(lines[-1].removeprefix("[rlhf-workbench] error: ") if lines else (
+            f"the training process was killed by signal {-proc.returncode}" if proc.returncode < 0
+            else f"the training process ended with exit status {proc.returncode}"))
+    return proc.pid
+
+
+def train_in_child_process(config: FeedbackRMConfig) -> dict:
+    """``train_feedback_reward_model(config)`` in a fresh ``python -m core.feedback.train`` process; returns its result.
+
+    How the app trains: the child's seeding (``torch.manual_seed``), its memory and its model
+    never touch the server process. The result comes back through ``result_file`` (item ids
+    as ints again, plus the child's ``pid``); features are shared between trainings through
+    ``feature_cache_dir``. Failures raise FeedbackError (``run_module``).
+    """
+    with tempfile.TemporaryDirectory(prefix="feedback-train-") as tmp:
+        result_file = Path(tmp) / "result.json"
+        child = FeedbackRMConfig(**{**vars(config), "result_file": str(result_file)})
+        run_module("core.feedback.train", *config_flags(child))
+        result = json.loads(result_file.read_text(encoding="utf-8"))
+    result["scores"] = {int(k): v for k, v in result["scores"].items()}
+    return result
+
+
 def train_finegrained_from_spans(store: FeedbackStore, project_id: int, category: str = "C1",
-                                 model_name_or_path: str = DEFAULT_MODEL, folder=None, **overrides):
+                                 model_name_or_path: str = DEFAULT_MODEL, folder=None, *, child_process: bool = False,
+                                 **overrides):
     """A C1 or C2 fine-grained RM (``core.trainers.finegrained``) on the project's span labels; returns its run.
 
     folder: where to write the QA-Feedback export (default: a temporary folder). overrides go
-    to ``FineGrainedConfig`` (e.g. num_epochs=50, save_dir=...).
+    to ``FineGrainedConfig`` (e.g. num_epochs=50, save_dir=...). child_process: train in a
+    fresh ``python -m core.trainers.launch RUN_FOLDER`` process (how the app trains; the run
+    folder and the model folder are chosen here, so the child writes where this process looks).
     """
 
     if category not in ("C1", "C2"):
@@ -278,7 +387,14 @@ def train_finegrained_from_spans(store: FeedbackStore, project_id: int, category
                                                       default_name=True).name  # a new model, never a silent replacement
     config = FineGrainedConfig(category=category, model_name_or_path=model_name_or_path, data=str(folder), limit=0, name=name,
                                progress=False, **overrides)
-    return train_finegrained_rm(config)
+    if not child_process:
+        return train_finegrained_rm(config)
+    from core.runstore import Run
+
+    config.save_dir = config.save_dir or str(reward_store.reward_models_dir() / name)
+    run = Run.create("finegrained_rm", config, name=name)
+    run_module("core.trainers.launch", str(run.path))
+    return Run.open(run.path)
 
 
 @entry_point
@@ -287,6 +403,8 @@ def main() -> None:
 
     config = tyro.cli(FeedbackRMConfig)
     result = train_feedback_reward_model(config)  # a FeedbackError, DataError, ...: one line (core.cli)
+    if config.result_file:
+        Path(config.result_file).write_text(json.dumps({**result, "pid": os.getpid()}), encoding="utf-8")
     f = result["figures"]
     ev = f["eval_agreement"]
     print(f"held-out agreement with the annotators: {'n/a' if ev is None else f'{ev:.3f}'} on {f['eval_rankings']} rankings "
