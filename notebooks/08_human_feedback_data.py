@@ -64,7 +64,7 @@ from torch.testing import assert_close
 
 from core import data
 from core.feedback.agreement import krippendorff_alpha, pairwise_ranking_agreement, rating_alpha, ranking_agreement
-from core.feedback.export import export_project, import_hh_rlhf, import_qa_feedback, ordered_pairs, ranks_from_judgements
+from core.feedback.export import export_project, import_qa_feedback, ordered_pairs, ranks_from_judgements
 from core.feedback.store import FeedbackStore
 from core.feedback.train import FeedbackRMConfig, ranking_loss_with_ties, train_feedback_reward_model
 from core.losses import bradley_terry_loss, ranking_loss
@@ -318,9 +318,9 @@ else:
 # error types carry information a single preference loses.
 #
 # **HH-RLHF: one label per pair.** HH-RLHF has a single crowdworker's choice per pair, so annotator–annotator
-# agreement cannot be measured on it; what we can measure is how far a simple rule agrees with the label. The
-# studio's HH-RLHF import shows the two responses in a random order, which turns the label into "A or B" and lets
-# $\kappa$ compare the annotator with a rule that is not told which response was chosen.
+# agreement cannot be measured on it; what we can measure is how far a simple rule agrees with the label. Shown in a
+# random order (as the studio's `import_hh_rlhf` shows them), the label becomes "A or B", and $\kappa$ compares the
+# annotator with a rule that is not told which response was chosen.
 
 # %%
 if HAVE_HH:
