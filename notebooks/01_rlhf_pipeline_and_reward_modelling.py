@@ -472,8 +472,9 @@ fig.show()
 # %% [markdown]
 # **Reading the result honestly.** Training accuracy is near 1 for small sets (576 parameters separate 25 pairs
 # easily) and falls as the set grows; held-out accuracy is the number that matters, and it rises with the number of
-# pairs. With 500 pairs it is above chance and above the "longer response wins" rule (which is *below* chance on
-# harmlessness: the chosen response is more often the shorter, a refusal), but far from 1, for three reasons:
+# pairs. With 500 pairs it is above chance and above the "longer response wins" rule (no help here: on harmlessness
+# the chosen response is often the shorter one, a refusal; over the whole file the longer response wins only 43% of
+# the pairs), but far from 1, for three reasons:
 #
 # * **500 training pairs**: InstructGPT trains its reward model on about 33k prompts' rankings;
 # * **frozen features of a 135M model**: a real reward model fine-tunes the whole backbone (InstructGPT: 6B);
@@ -488,7 +489,7 @@ final = curve[-1]
 if HAVE_HH:
     assert len(train) >= 500 and len(held_out) >= 200
     assert final[3] > 0.5, "the reward model trained on 500 pairs should be above chance on 200 held-out pairs"
-    assert final[2] > longer_ci[1], "the reward model should beat the 'longer response wins' rule"
+    assert final[2] > longer_acc, "the reward model should beat the 'longer response wins' rule"
     assert final[2] > curve[0][2], "more training pairs should help"
     assert curve[0][1] > final[1], "a small training set is fitted more easily (overfitting)"
 else:
