@@ -28,9 +28,9 @@
 #    (exercise 1.1); go from one pair to the $\binom K2$ loss of a ranking (exercise 1.2);
 # 4. fit a Bradley–Terry reward by maximum likelihood and check that it recovers a known reward, up to what noisy
 #    labels allow (exercise 1.3);
-# 5. train `core`'s reward model (frozen backbone, last-token features, linear score head), see it overfit, fix that
-#    with an L2 penalty chosen by cross-validation, and read its held-out accuracy against the number of training
-#    pairs and a "longer response wins" baseline, with 95% intervals.
+# 5. train `core`'s reward model (frozen backbone, last-token features, linear score head), with the trainer's
+#    defaults and with an L2 penalty chosen by cross-validation, and read its held-out accuracy against the number of
+#    training pairs and a "longer response wins" baseline, with 95% intervals, honestly.
 #
 # **What it leaves out.** Fine-tuning the backbone (a few hours on a CPU; `python -m core.trainers.reward
 # --no-freeze-backbone` on a GPU), reward normalisation, and the RL step (notebook 2). Notebook 8 looks at the human
@@ -415,6 +415,9 @@ print("cached features reproduce core's sequence_scores:", fresh.numpy().round(4
 #   strength chosen by 5-fold cross-validation **on the training pairs only**, as the shipped heads of
 #   `docs/reward_models.md` are built. The fitted weights are folded back into the score head ($w / s$, for feature
 #   standard deviations $s$; the mean shift cancels in every difference), so it is still `core`'s reward model.
+#
+# (We added the penalised fit after seeing the trainer's defaults overfit on small sets; the choice of the penalty
+# never sees the held-out pairs.)
 
 # %%
 config = RewardConfig()  # the trainer's defaults: learning rate, weight decay, batch size, max_grad_norm
@@ -511,31 +514,31 @@ fig.update_layout(title=f"Reward model on frozen SmolLM2-135M last-token feature
 fig.show()
 
 # %% [markdown]
-# **Reading the result honestly.** With the trainer's defaults the head fits its training pairs almost perfectly
-# and stays near chance on the held-out pairs: 576 free weights on raw features overfit a few hundred pairs (in our
-# runs: training ≈ 0.97, held-out ≈ 0.52 at 200 pairs). Standardising the features and penalising the weights, with
-# the penalty chosen by cross-validation, trades training accuracy for held-out accuracy, which rises with the number
-# of pairs. (The penalty grid was added after we saw the unregularised head fail; the choice within it never sees the
-# held-out pairs.) With 500 pairs the regularised head is above chance and above the "longer response wins" rule (no
-# help here: on harmlessness the chosen response is often the shorter one, a refusal; over the whole file the longer
-# response wins only 43% of the pairs), but far from 1, for three reasons:
+# **Reading the result honestly.** On small sets both heads fit their training pairs (almost) perfectly and stay
+# near chance on the held-out pairs: 576 weights overfit a few hundred pairs (in our run, the trainer's defaults at
+# 200 pairs: training 0.985, held-out 0.525). With 500 pairs both are above chance and above the "longer response
+# wins" rule (no help here: on harmlessness the chosen response is often the shorter one, a refusal; over the whole
+# file the longer response wins only 43% of the pairs): in our run 0.600 [0.53–0.67] with the trainer's defaults and
+# 0.545 [0.48–0.61] with the cross-validated penalty. Regularisation did **not** reliably help: with a few hundred pairs
+# the cross-validation's choice of the penalty is itself noisy (it jumps between $10^{-4}$ and $10^{-1}$ along the
+# curve), and so is every point (each interval is about ±0.07 wide, and a different subset of the same size can move
+# a point by as much). These numbers are below the 0.650 ± 0.085 of `docs/reward_models.md` (96 tokens, 120 held-out
+# pairs; the intervals overlap). Why the reward model stays far from 1:
 #
 # * **500 training pairs**: InstructGPT trains its reward model on about 33k prompts' rankings;
-# * **frozen features of a 135M model**: a real reward model fine-tunes the whole backbone (InstructGPT: 6B);
+# * **frozen features of a 135M model, cut to 64 tokens**: a real reward model fine-tunes the whole backbone
+#   (InstructGPT: 6B) and reads the whole dialogue;
 # * **noisy labels**: section 5 showed that even the true reward cannot predict noisy Bradley–Terry labels perfectly,
 #   and harmlessness judgements are noisy (notebook 8 measures how far annotators agree).
-#
-# The 200 held-out pairs give an interval of about ±0.07; differences between neighbouring points of the curve are
-# within it.
 
 # %%
 final, final_default = curve[-1], default_curve[-1]
 if HAVE_HH:
     assert len(train) >= 500 and len(held_out) >= 200
-    assert final[3] > 0.5, "the regularised reward model on 500 pairs should be above chance on 200 held-out pairs"
-    assert final[2] > longer_acc, "the reward model should beat the 'longer response wins' rule"
-    assert final[2] > final_default[2], "regularisation should help at this size"
-    assert final_default[1] - final_default[2] > 0.2, "the unregularised head should overfit its training pairs"
+    assert final_default[3] > 0.5, "the reward model on 500 pairs should be above chance on 200 held-out pairs"
+    assert min(final[2], final_default[2]) > max(longer_acc, 0.5), "both heads should beat chance and the length rule"
+    at_200 = default_curve[sizes.index(200)]
+    assert at_200[1] - at_200[2] > 0.3, "with 200 pairs the head should overfit: training far above held-out accuracy"
 else:
     print("demo data: too few pairs for the held-out checks; they run with ../shared/data/hh_rlhf present")
 
