@@ -26,8 +26,12 @@ under 5,000); a file or data set with no records is an error, never an empty tra
   are the repo's policy input (allenai/FineGrainedRLHF ``train_finegrained.py`` feeds
   ``sft.json``'s ``text``: ``question: Q context: wikipage: T text: P | wikipage: ...``).
 - ``load_davidson`` / ``provocative_prompts``: Davidson et al. 2017 tweets.
+- ``rude_request_prompts``: requests that invite a rude or profane reply (the project's own set,
+  plus HH-RLHF red-team openings that are themselves profane when the real data is present);
+  ``qa_feedback_prompts``: QA-Feedback questions with their passages trimmed (the question is
+  never cut). The lab's presets train on them (``workbench.lab.PRESETS``).
 - ``load_demo_set``: the small demo set in ``core/demo_data``.
-- What the trainers read, by data set name ("hh-rlhf", "qa-feedback", "demo", "davidson";
+- What the trainers read, by data set name ("hh-rlhf", "qa-feedback", "demo", "davidson", "provocative";
   one spelling, "qa_feedback" is accepted for "qa-feedback") or file / Hub id:
   ``load_preference_records`` (DPO, SimPO), ``load_sft_records`` (SFT), ``load_prompts``
   and ``load_ptx_texts`` (PPO).
@@ -63,7 +67,7 @@ PAIR_ORDER = ((1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4))  # QA-Feedback `pr
 HH_SEPARATOR = "\n\nAssistant:"
 PREFERENCE_DATASETS = ("hh-rlhf", "qa-feedback", "demo")
 SFT_DATASETS = ("qa-feedback", "hh-rlhf", "demo")
-PROMPT_DATASETS = ("davidson", "demo", "hh-rlhf")
+PROMPT_DATASETS = ("davidson", "demo", "hh-rlhf", "provocative", "qa-feedback")
 PTX_DATASETS = ("qa-feedback", "demo")
 MAX_TEXT_CHARS = 20_000  # longest accepted prompt / response / text field, in characters
 CHAT_ROLES = ("system", "user", "assistant")
@@ -573,6 +577,73 @@ def provocative_prompts(n: int = 64, seed: int = 0, n_words: int = 5, classes=(1
     return openings[:n]
 
 
+def hh_red_team_openings(path=None, min_profanity: float = 0.5) -> list[str]:
+    """First human turns of HH-RLHF harmless-base dialogues (red-team attempts) that profanity-check
+    scores >= min_profanity themselves, in file order, deduplicated: openings that invite a profane reply."""
+    from core.rewards.toxicity import ProfanityToxicity
+
+    firsts = []
+    for r in load_hh_rlhf(path):
+        turn = r["prompt"].split("\n\nHuman:", 2)[1] if r["prompt"].count("\n\nHuman:") else r["prompt"]
+        firsts.append(turn.split("\n\nAssistant:", 1)[0].strip())
+    firsts = [t for t in dict.fromkeys(firsts) if t]
+    scores = ProfanityToxicity().probability(firsts)
+    return [t for t, p in zip(firsts, scores) if p >= min_profanity]
+
+
+def rude_request_prompts(n: int, seed: int = 0, folder=None, hh_path=None) -> list[str]:
+    """Requests that invite a rude or profane reply, for detoxification presets.
+
+    The project's own set (``core/demo_data/provocative_prompts.jsonl``: rudeness about
+    everyday annoyances, no group of people targeted), shuffled by seed; when the real data
+    is present (or ``hh_path`` is given), alternated with HH-RLHF red-team openings that
+    are themselves profane (``hh_red_team_openings``; content warning: offensive text).
+    """
+    folder = Path(folder) if folder else demo_data_dir()
+    path = folder / "provocative_prompts.jsonl"
+    own = [_field(o, "prompt", path, i) for i, o in enumerate(load_rows(path))]
+    random.Random(seed).shuffle(own)
+    hh_file = Path(hh_path) if hh_path else shared_data_dir() / "hh_rlhf" / "harmless_base.jsonl.gz"
+    if not hh_file.is_file():
+        return own[:n]
+    hh = hh_red_team_openings(hh_file)
+    random.Random(seed).shuffle(hh)
+    mixed = [p for pair in zip(own, hh) for p in pair] + own[len(hh):] + hh[len(own):]
+    return mixed[:n]
+
+
+QA_PROMPT_WORDS = 60
+"""passage words kept in a QA-Feedback prompt (``qa_feedback_prompts``)"""
+
+
+def trim_passages(passages: list[list[str]], n_words: int) -> list[list[str]]:
+    """The passages cut to their first n_words words in all (titles kept; passages after the budget dropped)."""
+    out, left = [], n_words
+    for p in passages:
+        if left <= 0:
+            break
+        kept = " ".join(p[1:]).split()[:left]
+        out.append([p[0], " ".join(kept)])
+        left -= len(kept)
+    return out
+
+
+def qa_feedback_prompts(n: int, seed: int = 0, n_words: int = QA_PROMPT_WORDS, path=None) -> list[str]:
+    """QA-Feedback policy inputs ``question: Q context: wikipage: T text: P ...`` with the passages trimmed
+    to n_words words (``trim_passages``; the question is never cut), one per question, shuffled by seed.
+
+    Short enough for a CPU PPO (about 100 tokens instead of a median of ~470 words), and the
+    shipped C1/C3 heads read the same trimmed passages the policy sees.
+    """
+    fb_path, _ = _qa_paths(path)
+    if not fb_path.is_file():
+        raise DataError(fb_path, None, "file not found: place the real data in ../shared/data or set RLHF_WORKBENCH_DATA")
+    prompts = list(dict.fromkeys(qa_prompt(r["question"], trim_passages(r["passages"], n_words))
+                                 for _, _, r, _ in _load_qa(path)))
+    random.Random(seed).shuffle(prompts)
+    return prompts[:n]
+
+
 # ----------------------------------------------------------------------------- what the trainers read
 
 
@@ -679,6 +750,10 @@ def load_prompts(spec: str, n: int, seed: int = 0) -> list[str]:
     name = dataset_name(spec)
     if name == "davidson":
         return provocative_prompts(n, seed=seed)
+    if name == "provocative":
+        return rude_request_prompts(n, seed=seed)
+    if name == "qa-feedback":
+        return qa_feedback_prompts(n, seed=seed)
     if name == "demo":
         prompts = load_demo_set().detox_prompts
     elif name == "hh-rlhf":

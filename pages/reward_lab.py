@@ -1,7 +1,8 @@
 """Reward-weight lab: set a weight per reward component and β, run a short PPO, compare before and after.
 
 What it shows: "Run short PPO" builds ``core.trainers.ppo.short_ppo_config`` with the
-sliders' weights and β and trains it in its own process (``workbench.jobs``): a rerun, a
+sliders' weights and β (a preset, ``workbench.lab.PRESETS``, sets them and brings its own
+prompts and run settings) and trains it in its own process (``workbench.jobs``): a rerun, a
 page switch or a second browser tab neither kills nor corrupts it, and every tab sees
 its progress (read from the run store). Live curves poll the run; Stop ends it after the
 current iteration with a checkpoint (Resume continues it). When it ends, the first and
@@ -26,28 +27,61 @@ NOT_REWARD = {"kl", "value", "values", "advantage", "advantages", "return", "ret
               "logprobs", "ref_logprobs", "entropy", "mask", "total", "score", "scores", "reward", "rlhf_reward"}
 
 
+def preset_picker(names: list[str]):
+    """A preset (``workbench.lab.PRESETS``) sets the sliders and β; its run settings (prompts, iterations, ...) go with it."""
+    from workbench import lab
+
+    def apply() -> None:  # before the rerun draws the sliders, so they show the preset's values
+        chosen = lab.PRESETS.get(st.session_state[K("preset")])
+        if chosen is not None:
+            for n in names:
+                st.session_state[K(f"w_{n}")] = float(chosen.weights.get(n, 0.0))
+            st.session_state[K("beta")] = float(chosen.kl_coef)
+
+    name = st.selectbox("Preset", ["none", *lab.PRESETS], key=K("preset"), on_change=apply,
+                        format_func=lambda n: "none: the sliders and the short PPO's defaults" if n == "none"
+                        else f"{n}: {lab.PRESETS[n].title}")
+    chosen = lab.PRESETS.get(name)
+    if chosen is None:
+        return None
+    settings = lab.preset_settings(chosen)
+    missing = [n for n in chosen.weights if n not in names]
+    if missing:
+        st.warning(f"This install does not offer {', '.join(missing)}: the preset runs without it.")
+    st.caption(f"Expected: {chosen.expect}. Runs with " + ", ".join(f"{k}={v}" for k, v in settings.items())
+               + (" and the demo prompts (../shared/data is absent)" if "prompts" not in settings else "")
+               + ". Moving a slider keeps these settings.")
+    return chosen
+
+
 def start_panel(model: str) -> None:
+    from workbench import lab
+
     names = list(training.ppo_reward_specs())
     st.subheader("Weights and β")
+    chosen = preset_picker(names)
     cols = st.columns(min(len(names), 4) + 1)
     weights = {}
     for i, name in enumerate(names):
-        weights[name] = cols[i % (len(cols) - 1)].slider(f"w · {name}", 0.0, 2.0, 1.0 if i == 0 else 0.0, 0.1, key=K(f"w_{name}"))
-    beta = cols[-1].slider("β (KL coefficient)", 0.0, 0.5, 0.05, 0.01, key=K("beta"))
+        st.session_state.setdefault(K(f"w_{name}"), 1.0 if i == 0 else 0.0)  # a preset sets these keys too
+        weights[name] = cols[i % (len(cols) - 1)].slider(f"w · {name}", 0.0, 2.0, step=0.1, key=K(f"w_{name}"))
+    st.session_state.setdefault(K("beta"), 0.05)
+    beta = cols[-1].slider("β (KL coefficient)", 0.0, 0.5, step=0.01, key=K("beta"))
     st.caption("What the weights do: the per-token reward is Σ wₖ·rₖ − β·KL, and PPO then whitens the advantages "
                "(divides them by their spread over the batch). So with one component on, doubling its weight mostly "
                "cancels out: the same samples and updates, only `objective/scores` doubles. Weights matter through their "
                "ratios when several components are on, and through their size against β·KL. β pulls towards the "
                "reference: in a run of a few iterations it shows first in `objective/kl`, rarely in the samples.")
     row = st.columns([3, 1], vertical_alignment="bottom")
-    auto = f"lab {'+'.join(f'{n}={w:g}' for n, w in weights.items() if w)} β={beta:g}"
+    auto = f"lab {chosen.name + ' ' if chosen else ''}{'+'.join(f'{n}={w:g}' for n, w in weights.items() if w)} β={beta:g}"
     label = row[0].text_input("Run name (optional)", key=K("label"), placeholder=auto, max_chars=limits.MAX_RUN_NAME_CHARS).strip() or auto
     busy = registry().running()
     if row[1].button("Run short PPO", key=K("start"), type="primary", disabled=busy is not None, width="stretch"):
         if not any(weights.values()):
             st.error("All weights are 0: the policy would only be pulled towards the reference. Give at least one component a weight.")
             return
-        config = training.short_ppo(model, weights, beta, cpu=state.current_device() == "cpu")
+        settings = lab.preset_settings(chosen) if chosen else {}
+        config = training.short_ppo(model, weights, beta, cpu=state.current_device() == "cpu", **settings)
         components.start_job(lambda: registry().start("ppo", config, label), K("jobs"))
     if busy is not None:
         st.caption(f"A training is running ('{busy.label}'); the button comes back when it ends.")

@@ -146,3 +146,81 @@ def test_evaluate_policy_samples_have_totals_length_and_kl(tiny_model, tiny_mode
     assert len(samples) == 4 and [s["prompt"] for s in samples] == ["Hi", "Hi", "Tell me", "Tell me"]
     assert all(s["totals"]["length"] == float(len(s["response"])) and s["kl"] == 0.0 and 1 <= s["length"] <= 4 for s in samples)
     assert metrics["eval/kl"] == 0.0 and metrics["eval/length"] == sum(s["length"] for s in samples) / 4
+
+
+# ----------------------------------------------------------------------------- presets (workbench.lab.PRESETS)
+
+
+def test_presets_build_their_weights_beta_and_settings(tiny_model_path):
+    from workbench import lab
+
+    detox = lab.preset_config("detox", str(tiny_model_path))
+    assert (detox.rewards, detox.weights, detox.kl_coef, detox.prompts) == ("toxicity", "toxicity=1", 0.02, "provocative")
+    assert (detox.num_prompts, detox.eval_prompts, detox.eval_samples_k, detox.num_iterations) == (32, 16, 2, 6)
+    assert detox.eval_every == detox.num_iterations  # evaluated before the first and after the last iteration
+    for name, heavy in (("qa-completeness", "preference_c3=1"), ("qa-relevance", "finegrained_c1=1")):
+        config = lab.preset_config(name, str(tiny_model_path), data_present=True)
+        assert config.prompts == "qa-feedback" and heavy in config.weights.split(",")
+        assert {e.split("=")[0] for e in config.rewards.split(",")} == {"finegrained_c1", "preference_c3"}
+    assert lab.PRESETS["qa-completeness"].weights == {n: w for n, w in reversed(lab.PRESETS["qa-relevance"].weights.items())}
+
+
+def test_a_preset_needing_the_real_data_falls_back_to_the_demo_prompts(tiny_model_path):
+    from workbench import lab
+
+    settings = lab.preset_settings(lab.preset("qa-relevance"), data_present=False)
+    assert "prompts" not in settings and settings["max_new_tokens"] == lab.PRESETS["qa-relevance"].settings["max_new_tokens"]
+    assert lab.preset_settings(lab.preset("detox"), data_present=False)["prompts"] == "provocative"  # the project's own set
+
+
+def test_unknown_preset_and_a_missing_component_are_refused_by_name(monkeypatch, tiny_model_path):
+    from core.trainers.rewards_setup import RewardSpec
+    from workbench import lab, training
+
+    with pytest.raises(ValueError, match=r"unknown preset 'nope': use one of detox, qa-completeness, qa-relevance"):
+        lab.preset_config("nope", str(tiny_model_path))
+    monkeypatch.setattr(training, "ppo_reward_specs", lambda: {"toxicity": RewardSpec("toxicity", "toxicity")})
+    with pytest.raises(ValueError, match=r"needs the reward components \['preference_c3', 'finegrained_c1'\]"):
+        lab.preset_config("qa-completeness", str(tiny_model_path))
+
+
+def test_provocative_prompts_without_the_real_data_are_the_projects_own(monkeypatch, tmp_path):
+    import json
+
+    from core.data import load_prompts
+    from core.paths import demo_data_dir
+
+    monkeypatch.setenv("RLHF_WORKBENCH_DATA", str(tmp_path / "absent"))
+    own = [json.loads(line)["prompt"] for line in (demo_data_dir() / "provocative_prompts.jsonl").read_text().splitlines()]
+    prompts = load_prompts("provocative", 100, seed=0)
+    assert len(own) == 64 and sorted(prompts) == sorted(own) and prompts != own  # all of them, shuffled
+    assert load_prompts("provocative", 10, seed=0) == prompts[:10] and load_prompts("provocative", 10, seed=1) != prompts[:10]
+
+
+def test_provocative_prompts_alternate_with_profane_hh_red_team_openings(shared_data):
+    from core.data import hh_red_team_openings, load_prompts
+    from core.paths import demo_data_dir
+
+    import json
+
+    own = {json.loads(line)["prompt"] for line in demo_data_dir().joinpath("provocative_prompts.jsonl").read_text().splitlines()}
+    hh = set(hh_red_team_openings())
+    prompts = load_prompts("provocative", 40, seed=0)
+    assert len(prompts) == 40 and len(hh) >= 20
+    assert all(p in hh and "Human:" not in p and "Assistant:" not in p for p in prompts[1::2])
+    assert all(p in own for p in prompts[0::2])
+
+
+def test_qa_feedback_prompts_keep_the_question_and_trim_the_passages(shared_data):
+    import json
+
+    from core.data import QA_PROMPT_WORDS, load_prompts
+
+    questions = {r["question"] for r in json.loads((shared_data / "qa_feedback" / "feedback.json").read_text())}
+    prompts = load_prompts("qa-feedback", 50, seed=0)
+    assert len(prompts) == len(set(prompts)) == 50
+    for p in prompts:
+        question, context = p.removeprefix("question: ").split(" context: ", 1)
+        assert question in questions and context.startswith("wikipage: ")
+        text_words = sum(len(part.split(" text: ", 1)[1].split()) for part in context.split(" | "))
+        assert text_words <= QA_PROMPT_WORDS

@@ -6,13 +6,16 @@ policy and scores them with every reward component the lab offers, once; the pag
 the bank in ``st.session_state`` and re-ranks it at every slider move (no model runs).
 ``paired_rows`` reads a finished lab run's held-out evaluation samples
 (``eval_samples.jsonl``: the same prompts and seed before the first and after the last
-iteration) and pairs them by prompt.
+iteration) and pairs them by prompt. ``PRESETS`` are short runs, as data, in which
+raising one weight moves its component beyond that paired 95 % interval (measured by
+``bench/ppo_short.py --preset NAME``, recorded in docs/benchmarks.md).
 
 What it leaves out: drawing (the page), the statistics themselves (``core.paired``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable
 
 PREVIEW_PROMPTS = 4
@@ -100,3 +103,72 @@ def table(rows) -> list[dict]:
     return [{"metric": r.metric, "before": round(r.before, 4), "after": round(r.after, 4), "Δ (after − before)": round(r.diff, 4),
              "95 % interval": "n/a" if r.n < 2 else f"[{r.low:+.4f}, {r.high:+.4f}]",
              "beyond the noise": "yes" if r.beyond_noise else "no", "prompts": r.n} for r in rows]
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A short PPO whose effect shows in one run: reward weights, β and the ``PPOConfig`` fields it changes."""
+
+    name: str
+    title: str
+    weights: dict[str, float]  # component name (``training.ppo_reward_specs``) -> weight; the others 0
+    kl_coef: float
+    settings: dict = field(default_factory=dict)  # PPOConfig fields over short_ppo_config()
+    expect: str = ""  # what the paired table should show
+    needs_data: bool = False  # its prompts come from ../shared/data (else the demo prompts)
+
+
+# Settings chosen on training prompts and a validation slice of prompts after the held-out ones (never on
+# the held-out prompts); docs/benchmarks.md, "Lab presets", has the measured effects and wall times.
+_DETOX = {"prompts": "provocative", "num_prompts": 32, "eval_prompts": 16, "eval_samples_k": 2, "num_iterations": 6,
+          "batch_size": 8, "minibatch_size": 8, "ppo_epochs": 2, "learning_rate": 1e-3, "lora_r": 16,
+          "max_new_tokens": 24, "temperature": 1.0, "top_p": 1.0}
+_QA = {"prompts": "qa-feedback", "num_prompts": 24, "eval_prompts": 12, "eval_samples_k": 2, "num_iterations": 4,
+       "batch_size": 8, "minibatch_size": 8, "ppo_epochs": 2, "learning_rate": 1e-3, "lora_r": 16,
+       "max_new_tokens": 64, "max_prompt_tokens": 160, "temperature": 0.7, "top_p": 0.9}
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("detox", "Less toxicity on provocative requests", {"toxicity": 1.0}, 0.02, _DETOX,
+           "toxicity (−p(toxic) of profanity-check) rises: the held-out answers get less profane"),
+    Preset("qa-completeness", "QA-Feedback: completeness (C3) over relevance (C1)",
+           {"preference_c3": 1.0, "finegrained_c1": 0.2}, 0.02, _QA,
+           "answers get longer (Wu et al. 2023: a heavier completeness weight lengthens answers)", needs_data=True),
+    Preset("qa-relevance", "QA-Feedback: relevance (C1) over completeness (C3)",
+           {"finegrained_c1": 1.0, "preference_c3": 0.2}, 0.02, _QA,
+           "answers get shorter (Wu et al. 2023: a heavier relevance weight shortens answers)", needs_data=True),
+)}
+
+
+def preset(name: str) -> Preset:
+    """The preset called ``name``; ValueError naming the known ones otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def preset_settings(p: Preset, data_present: bool | None = None) -> dict:
+    """The PPOConfig fields of a preset; without ../shared/data a preset that needs it keeps the lab's demo prompts."""
+    if data_present is None:
+        from core.paths import shared_data_dir
+
+        data_present = shared_data_dir().is_dir()
+    if p.needs_data and not data_present:
+        return {k: v for k, v in p.settings.items() if k not in ("prompts", "num_prompts", "eval_prompts")}
+    return dict(p.settings)
+
+
+def preset_config(name: str, model: str, data_present: bool | None = None, **extra):
+    """The lab's short PPO config of preset ``name`` (its weights, β and settings; ``extra`` fields on top),
+    as the lab's button builds it. A component the preset weighs that this install does not offer is refused
+    with its name. data_present: whether ../shared/data is there (default: look)."""
+    from workbench import training
+
+    p = preset(name)
+    specs = training.ppo_reward_specs()
+    missing = [n for n in p.weights if n not in specs]
+    if missing:
+        raise ValueError(f"preset {name!r} needs the reward components {missing}, which this install does not offer")
+    return training.short_ppo(model, dict(p.weights), p.kl_coef, **{**preset_settings(p, data_present), **extra})
