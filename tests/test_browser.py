@@ -283,6 +283,38 @@ def test_curves_show_the_lab_run_and_its_rollouts(page, server):
     _no_error(page)
 
 
+def _dataframe_rows(page, index: int = 0) -> list[list[str]]:
+    """Cell texts of an st.dataframe, read from the grid's accessibility table (the cells themselves are on a canvas)."""
+    return page.evaluate("""(i) => {
+        const t = document.querySelectorAll('[data-testid="stDataFrame"]')[i].querySelector('table[role="grid"]');
+        return [...t.querySelectorAll('tbody tr')].map(r => [...r.querySelectorAll('td')].map(c => c.innerText.trim()));
+    }""", index)
+
+
+def test_lab_preset_run_ends_with_the_paired_table(page, server):
+    """A preset sets the sliders and β; its short PPO (tiny model, the test's short settings on top) ends with the
+    paired before/after table of the held-out prompts: the weighted component, KL and length, and the verdict."""
+    _open(page, server, "lab")
+    page.locator('[data-testid="stSelectbox"]').filter(has_text="Preset").click()
+    page.get_by_role("option", name=re.compile(r"^detox")).click()
+    page.get_by_text("Expected: toxicity").wait_for()
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
+    page.get_by_role("button", name="Run short PPO").click()
+    page.get_by_text("'lab detox toxicity=1 β=0.02' finished.").wait_for(timeout=120_000)
+    _open(page, server, "lab")  # the newest run is the paired panel's default
+    page.get_by_text("Held-out before / after, paired by prompt").wait_for(timeout=30_000)
+    sentence = page.get_by_text(re.compile(r"^On \d+ held-out prompts, "))
+    sentence.wait_for(timeout=30_000)
+    assert re.search(r"noise", sentence.inner_text())
+    page.wait_for_function("() => { const t = document.querySelector('[data-testid=\"stDataFrame\"] table[role=\"grid\"]');"
+                           " return t && t.querySelectorAll('tbody tr').length >= 3; }", timeout=30_000)
+    rows = _dataframe_rows(page)
+    metrics = [r[0] for r in rows if r]
+    assert metrics == ["toxicity", "kl", "length"], rows
+    assert all(r[-2] in ("yes", "no") for r in rows) and float(rows[1][1]) == 0.0  # KL before training is 0
+    _no_error(page)
+
+
 def test_screenshots_of_every_page(page, server):
     for path, name in (("home", "home"), ("curves", "curves"), ("preference", "preference")):
         _open(page, server, path)

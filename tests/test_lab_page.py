@@ -65,6 +65,18 @@ def test_preview_samples_once_then_reranks_at_every_slider_move():
     assert at.session_state["lab_preview_best"] == bank.totals[:, :, 1].argmax(1).tolist()
 
 
+def test_a_preset_sets_the_sliders_and_beta_and_says_what_to_expect():
+    at = _open()
+    at.slider(key="lab_w_toxicity_sentence").set_value(1.5).run()
+    at.selectbox(key="lab_preset").select("detox").run()
+    _clean(at)
+    assert (at.slider(key="lab_w_toxicity").value, at.slider(key="lab_w_toxicity_sentence").value) == (1.0, 0.0)
+    assert at.slider(key="lab_beta").value == 0.02
+    assert any(c.value.startswith("Expected: toxicity") and "prompts=provocative" in c.value for c in at.caption)
+    at.selectbox(key="lab_preset").select("qa-relevance").run()  # its C1/C3 heads are not offered here
+    assert any("does not offer finegrained_c1, preference_c3" in w.value for w in at.warning)
+
+
 def _fake_run(tmp_path_runs: Path):
     from core.runstore import Run
 

@@ -77,7 +77,7 @@ class PPOConfig:
     model_name_or_path: str = DEFAULT_MODEL
     """policy model: an alias, a local folder or a Hugging Face id"""
     prompts: str = "davidson"
-    """prompt set: 'davidson' (openings of offensive tweets), 'demo', 'hh-rlhf', or a .txt (one per line) / .jsonl ('prompt') path"""
+    """prompt set: 'davidson' (openings of offensive tweets), 'provocative' (requests inviting rudeness), 'qa-feedback' (questions, passages trimmed), 'demo', 'hh-rlhf', or a .txt (one per line) / .jsonl ('prompt') path"""
     num_prompts: int = 32
     """training prompts"""
     eval_prompts: int = 16
