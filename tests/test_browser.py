@@ -300,7 +300,7 @@ def test_lab_preset_run_ends_with_the_paired_table(page, server):
     page.get_by_text("Expected: toxicity").wait_for()
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
     page.get_by_role("button", name="Run short PPO").click()
-    page.get_by_text("'lab detox toxicity=1 β=0.02' finished.").wait_for(timeout=300_000)
+    page.get_by_text(re.compile(r"^'lab detox toxicity=1 β=[0-9.]+' finished\.$")).wait_for(timeout=300_000)
     _open(page, server, "lab")  # the newest run is the paired panel's default
     page.get_by_text("Held-out before / after, paired by prompt").wait_for(timeout=30_000)
     sentence = page.get_by_text(re.compile(r"^On \d+ held-out prompts, "))

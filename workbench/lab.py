@@ -6,9 +6,10 @@ policy and scores them with every reward component the lab offers, once; the pag
 the bank in ``st.session_state`` and re-ranks it at every slider move (no model runs).
 ``paired_rows`` reads a finished lab run's held-out evaluation samples
 (``eval_samples.jsonl``: the same prompts and seed before the first and after the last
-iteration) and pairs them by prompt. ``PRESETS`` are short runs, as data, in which
-raising one weight moves its component beyond that paired 95 % interval (measured by
-``bench/ppo_short.py --preset NAME``, recorded in docs/benchmarks.md).
+iteration) and pairs them by prompt. ``PRESETS`` are short runs, as data, meant to move
+the weighted component beyond that paired 95 % interval in one run; what each measured
+(``bench/ppo_short.py --preset NAME``) is in docs/benchmarks.md, "Lab presets" (``detox``
+does not reach the interval yet; the QA presets are not measured yet).
 
 What it leaves out: drawing (the page), the statistics themselves (``core.paired``).
 """
@@ -121,8 +122,8 @@ class Preset:
     needs_data: bool = False  # its prompts come from ../shared/data (else the demo prompts)
 
 
-# Settings chosen on training prompts and a validation slice of prompts after the held-out ones (never on
-# the held-out prompts); docs/benchmarks.md, "Lab presets", has the measured effects and wall times.
+# Settings written down before any run, not tuned yet; compare changes with `bench/ppo_short.py --preset NAME
+# --validation` (prompts after the held-out ones), never on the held-out prompts. docs/benchmarks.md, "Lab presets".
 _DETOX = {"prompts": "provocative", "num_prompts": 32, "eval_prompts": 16, "eval_samples_k": 2, "num_iterations": 6,
           "batch_size": 8, "minibatch_size": 8, "ppo_epochs": 2, "learning_rate": 1e-3, "lora_r": 16,
           "max_new_tokens": 24, "temperature": 1.0, "top_p": 1.0}
