@@ -9,7 +9,8 @@ the bank in ``st.session_state`` and re-ranks it at every slider move (no model 
 iteration) and pairs them by prompt. ``PRESETS`` are short runs, as data, meant to move
 the weighted component beyond that paired 95 % interval in one run; what each measured
 (``bench/ppo_short.py --preset NAME``) is in docs/benchmarks.md, "Lab presets" (``detox``
-does not reach the interval yet; the QA presets are not measured yet).
+does not reach the interval yet; the QA presets move length beyond it in opposite directions,
+not their components; none fits 60 s yet).
 
 What it leaves out: drawing (the page), the statistics themselves (``core.paired``).
 """
