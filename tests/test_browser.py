@@ -87,18 +87,22 @@ def fresh_server(tmp_path_factory, tiny_model_path):
     yield from _streamlit(tmp_path_factory, base=env, RLHF_WORKBENCH_CACHE=str(cache))
 
 
-def _streamlit(tmp_path_factory, base: dict | None = None, **extra):
-    """Run ``streamlit run workbench/app.py`` (tiny model, short trainings, a fresh run store); yields its URL."""
+def _streamlit(tmp_path_factory, base: dict | None = None, cwd: Path = ROOT, address: str | None = "127.0.0.1", **extra):
+    """Run ``streamlit run workbench/app.py`` (tiny model, short trainings, a fresh run store); yields its URL.
+
+    ``cwd``: the folder it is started from (the project root reads .streamlit/config.toml); ``address``: the
+    ``--server.address`` flag (None: no flag, Streamlit's default of every interface unless the config says otherwise)."""
     port = _free_port()
     env = dict(base if base is not None else os.environ, RLHF_WORKBENCH_MODEL="tiny-random-llama", RLHF_WORKBENCH_SHORT=json.dumps(SHORT),
                RLHF_WORKBENCH_RUNS=str(tmp_path_factory.mktemp("browser_runs")), HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
     log = open(tmp_path_factory.mktemp("streamlit") / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "workbench/app.py", "--server.address", "127.0.0.1",
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "workbench" / "app.py"),
+         *(["--server.address", address] if address else []),
          "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: the trainings and JupyterLab it starts end with it
     )
     url = f"http://127.0.0.1:{port}"
@@ -368,3 +372,18 @@ def test_explorer_long_texts(page, server):
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
     print(f"~900-token response: scored and drawn after {time.time() - start:.1f} s")
     _no_exception(page)
+
+
+def test_a_server_started_elsewhere_listens_everywhere_and_serves_only_a_warning(tmp_path_factory, page):
+    """Started from another folder, Streamlit does not read the project's .streamlit/config.toml and listens on every
+    interface: the app then serves nothing but a message saying how to start it locally."""
+    env = {k: v for k, v in os.environ.items() if k != "RLHF_WORKBENCH_ALLOW_REMOTE"}
+    gen = _streamlit(tmp_path_factory, base=env, cwd=tmp_path_factory.mktemp("elsewhere"), address=None)
+    url = next(gen)
+    try:
+        page.goto(url)
+        page.wait_for_selector("text=This server listens on every network interface")
+        assert page.locator("h1:has-text('RLHF Workbench')").count() == 0  # no page was drawn
+        assert "--server.address 127.0.0.1" in page.inner_text("body")
+    finally:
+        gen.close()

@@ -517,3 +517,15 @@ def test_response_text_and_span_labels_are_escaped_in_html():
     page = highlighted(evil, [{"start": 0, "end": 8, "label": "<img src=x onerror=y>", "title": '"><b>'}])
     assert "<script>" not in page and "<img" not in page and '"><b>' not in page and "&lt;script&gt;" in page
     assert "<script>" not in coloured_text_html([evil, "<b>"], [1.0, -1.0])
+
+
+def test_a_server_reachable_from_other_machines_is_refused_unless_allowed():
+    from workbench.limits import exposure_problem
+
+    assert exposure_problem("127.0.0.1", "127.0.0.1:8501", None) is None
+    assert exposure_problem("localhost", "localhost:8501", None) is None
+    assert exposure_problem(None, None, None) is None  # no browser attached (AppTest): nothing to refuse
+    everywhere = exposure_problem(None, "192.168.1.7:8501", None)
+    assert "every network interface" in everywhere and "--server.address 127.0.0.1" in everywhere
+    assert "'0.0.0.0'" in exposure_problem("0.0.0.0", "192.168.1.7:8501", "0")
+    assert exposure_problem("0.0.0.0", "192.168.1.7:8501", "1") is None  # RLHF_WORKBENCH_ALLOW_REMOTE=1

@@ -16,6 +16,7 @@ Run from the project root:
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ if str(ROOT) not in sys.path:  # `streamlit run workbench/app.py` puts only work
 
 import streamlit as st  # noqa: E402
 
-from workbench import components, state  # noqa: E402
+from workbench import components, limits, state  # noqa: E402
 
 st.set_page_config(page_title="RLHF Workbench", page_icon=":material/science:", layout="wide")
 # Less empty space above the title, so a page's main chart fits a 1280×800 screen.
@@ -85,6 +86,12 @@ def sidebar() -> None:
     if sb.button("Reload models", help="Drop cached models (e.g. after retraining a reward model)."):
         st.cache_resource.clear()
 
+
+_exposed = limits.exposure_problem(st.get_option("server.address"), st.context.headers.get("Host"),
+                                   os.environ.get(limits.ALLOW_REMOTE_ENV))
+if _exposed:  # a server reachable from other machines serves nothing but this message
+    st.error(_exposed)
+    st.stop()
 
 navigation = st.navigation(PAGES)
 with components.page_guard("the sidebar"):

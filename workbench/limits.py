@@ -80,3 +80,33 @@ def preference_problem(records: list[dict] | None, eval_size: int) -> str | None
         return (f"Holding out {eval_size} of {len(records)} pairs leaves none to train on (the pairs of one prompt stay "
                 f"together); hold out at most {limit}.")
     return None
+
+
+LOOPBACK_ADDRESSES = ("127.0.0.1", "localhost", "::1")
+ALLOW_REMOTE_ENV = "RLHF_WORKBENCH_ALLOW_REMOTE"
+"""set to 1 to serve the workbench on a non-loopback address on purpose (e.g. inside a container behind a tunnel)"""
+
+
+def exposure_problem(address: str | None, host_header: str | None, allow_remote: str | None) -> str | None:
+    """Why the app must not serve this request, or None.
+
+    ``address`` is Streamlit's ``server.address`` (None or "" means every interface: what a server started from
+    another folder than the project root gets, since it then does not read ``.streamlit/config.toml``);
+    ``host_header`` is the request's Host header (None when no browser is attached, as in Streamlit's AppTest);
+    ``allow_remote`` is the value of ``RLHF_WORKBENCH_ALLOW_REMOTE``.
+
+    >>> exposure_problem("127.0.0.1", "127.0.0.1:8501", None) is None
+    True
+    >>> exposure_problem(None, "10.0.0.5:8501", None).startswith("This server listens on every network interface")
+    True
+    """
+    if not host_header or (allow_remote or "").strip() == "1" or (address or "").strip() in LOOPBACK_ADDRESSES:
+        return None
+    if not (address or "").strip():
+        return ("This server listens on every network interface (it was started from another folder than the project "
+                "root, so it did not read .streamlit/config.toml): anyone who can reach this machine could upload files "
+                "and start trainings. Start it with `./wb start`, or `streamlit run workbench/app.py` from the project "
+                f"root, or pass --server.address 127.0.0.1. To serve it on a network on purpose, set {ALLOW_REMOTE_ENV}=1.")
+    return (f"This server listens on '{address}', not on this machine only: anyone who can reach it could upload files "
+            "and start trainings. Start it with --server.address 127.0.0.1 (`./wb start` does), or set "
+            f"{ALLOW_REMOTE_ENV}=1 to serve it on a network on purpose.")
