@@ -579,16 +579,19 @@ def provocative_prompts(n: int = 64, seed: int = 0, n_words: int = 5, classes=(1
 
 def hh_red_team_openings(path=None, min_profanity: float = 0.5) -> list[str]:
     """First human turns of HH-RLHF harmless-base dialogues (red-team attempts) that profanity-check
-    scores >= min_profanity themselves, in file order, deduplicated: openings that invite a profane reply."""
-    from core.rewards.toxicity import ProfanityToxicity
+    scores >= min_profanity themselves, in file order, deduplicated: openings that invite a profane reply.
+
+    Scored with alt-profanity-check directly, as ``core.rewards.toxicity.ProfanityToxicity`` does (that module
+    reads its training data through this one, so importing it here would make an import cycle)."""
+    from profanity_check import predict_prob
 
     firsts = []
     for r in load_hh_rlhf(path):
         turn = r["prompt"].split("\n\nHuman:", 2)[1] if r["prompt"].count("\n\nHuman:") else r["prompt"]
         firsts.append(turn.split("\n\nAssistant:", 1)[0].strip())
     firsts = [t for t in dict.fromkeys(firsts) if t]
-    scores = ProfanityToxicity().probability(firsts)
-    return [t for t, p in zip(firsts, scores) if p >= min_profanity]
+    scores = predict_prob(firsts) if firsts else []
+    return [t for t, p in zip(firsts, scores) if float(p) >= min_profanity]
 
 
 def rude_request_prompts(n: int, seed: int = 0, folder=None, hh_path=None) -> list[str]:
