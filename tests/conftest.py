@@ -59,3 +59,16 @@ def shared_data():
     if not d.is_dir():
         pytest.skip(f"real data not found at {d} (set RLHF_WORKBENCH_DATA or place ../shared/data beside the project)")
     return d
+
+
+# The longest tests first: with `pytest -n 2` (what `./wb test` runs) each worker starts on a long one and the short
+# ones fill the gaps, instead of a long notebook starting last and running alone. Serial runs are not affected.
+_LONGEST_FIRST = ("test_notebooks.py::test_notebook_in_sync_and_runs[01_", "test_notebooks.py::", "test_kill.py::",
+                  "test_browser.py::")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        return next((i for i, key in enumerate(_LONGEST_FIRST) if key in item.nodeid), len(_LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the order inside each group is kept

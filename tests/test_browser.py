@@ -154,6 +154,21 @@ def _open(page, server: str, path: str) -> None:
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
 
 
+def _choose(page, label: str, option, attempts: int = 5) -> None:
+    """Open the select box labelled ``label`` and click ``option`` (a locator). On a busy machine a rerun that was
+    still drawing can close the list as it opens: then the list is closed and opened again."""
+    for attempt in range(attempts):
+        page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
+        page.locator('[data-testid="stSelectbox"]').filter(has_text=label).click()
+        try:
+            option.click(timeout=10_000)
+            return
+        except sync_api.TimeoutError:
+            if attempt == attempts - 1:
+                raise
+            page.keyboard.press("Escape")
+
+
 def _shot(page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.wait_for_timeout(800)  # let plotly finish drawing
@@ -247,8 +262,7 @@ def test_explorer_on_a_fresh_install_offers_and_draws_the_shipped_models(page, f
     assert sorted(rows) == sorted(SHIPPED_ROWS + ["total (weighted)"]), rows
     _no_error(page)
     page.get_by_text("Colour the text by").wait_for()
-    page.locator('[data-testid="stSelectbox"]').filter(has_text="Colour the text by").click()
-    page.get_by_role("option", name="hh_holistic_redistributed", exact=True).click()
+    _choose(page, "Colour the text by", page.get_by_role("option", name="hh_holistic_redistributed", exact=True))
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
     page.get_by_text("hh_holistic_redistributed: blue > 0 > red").wait_for()
     coloured = page.locator("div[style*='pre-wrap'] span[style*='rgba']")
@@ -299,8 +313,7 @@ def test_lab_preset_run_ends_with_the_paired_table(page, server):
     """A preset sets the sliders and β; its short PPO (tiny model, the test's short settings on top) ends with the
     paired before/after table of the held-out prompts: the weighted component, KL and length, and the verdict."""
     _open(page, server, "lab")
-    page.locator('[data-testid="stSelectbox"]').filter(has_text="Preset").click()
-    page.get_by_role("option", name=re.compile(r"^detox")).click()
+    _choose(page, "Preset", page.get_by_role("option", name=re.compile(r"^detox")))
     page.get_by_text("Expected: toxicity").wait_for()
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
     page.get_by_role("button", name="Run short PPO").click()
