@@ -49,7 +49,6 @@ import os
 SOLUTIONS = os.environ.get("RLHF_WORKBENCH_SOLUTIONS", "0") == "1"  # True: the exercises use the reference solutions
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import hashlib
 import math
 import random
 import time
@@ -64,7 +63,7 @@ from sklearn.model_selection import GroupKFold, cross_val_score
 from torch.testing import assert_close
 
 from core import data
-from core.feedback.train import response_features
+from core.feedback.train import load_features, response_features, save_features
 from core.logprobs import build_completion_mask, completion_logprobs, sequence_logprobs
 from core.losses import bradley_terry_loss, ranking_loss
 from core.models import DEFAULT_MODEL, load_causal_lm, load_reward_model, load_tokenizer
@@ -359,26 +358,20 @@ def texts_of(pairs, side):
     return [format_pair(tokenizer, r["prompt"], r[side], "text", " ")[0] for r in pairs]
 
 
-feature_file = cache_dir() / "reward_features" / f"nb01-{DEFAULT_MODEL.replace('/', '_')}-{MAX_LENGTH}.pt"
-
-
-def text_key(text):
-    return hashlib.sha256(f"{DEFAULT_MODEL}\0{MAX_LENGTH}\0{text}".encode()).hexdigest()[:32]
+feature_file = cache_dir() / "reward_features" / f"nb01-{DEFAULT_MODEL.replace('/', '_')}-{MAX_LENGTH}.safetensors"
 
 
 def cached_features(texts):
-    """(N, 576) last-token features of texts (core's response_features), reusing and extending feature_file."""
-    stored = torch.load(feature_file, weights_only=True) if feature_file.is_file() else {}
-    cache = {t: stored[text_key(t)] for t in texts if text_key(t) in stored}
+    """(N, 576) last-token features of texts (core's response_features), read from and written to feature_file with
+    core's feature cache (`load_features` / `save_features`: keyed by each text's sha256, written atomically)."""
+    cache = {}
+    load_features(feature_file, texts, cache)
     n_new = len(set(texts) - set(cache))
     t0 = time.perf_counter()
     feats, _ = response_features(reward_model, tokenizer, texts, MAX_LENGTH, 32, "cpu", cache)
     if n_new:
-        stored.update({text_key(t): f for t, f in cache.items()})
         try:
-            feature_file.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(stored, feature_file.with_suffix(".tmp"))
-            feature_file.with_suffix(".tmp").replace(feature_file)
+            save_features(feature_file, cache)
         except OSError as exc:  # a read-only cache: keep going without it
             print(f"(features not saved: {exc})")
     print(f"features of {len(texts)} texts: {n_new} computed in {time.perf_counter() - t0:.1f} s, "

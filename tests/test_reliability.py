@@ -9,6 +9,7 @@ import pytest
 
 from core.data import (DataError, MAX_TEXT_CHARS, load_preference_file, load_preference_records, load_prompts,
                        load_qa_feedback_preferences, load_qa_feedback_spans, load_rows, load_sft_records)
+from test_runstore import _hold_writer_lock
 
 
 def _jsonl(path, records):
@@ -373,20 +374,6 @@ def test_uploads_are_written_and_checked_once_privately_and_removed_when_replace
     assert list(folder.iterdir()) == [] and for_training.is_file()  # the run's copy outlives the session's
     uploads._remove_folders()
     assert not folder.exists()
-
-
-def _hold_writer_lock(run_path):
-    """A separate process that takes the run's writer lock and keeps it until killed."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    code = ("import sys, time; from core.runstore import Run; Run.open(sys.argv[1]).acquire_writer(); "
-            "print('locked', flush=True); time.sleep(120)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(run_path)], stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parents[1])
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
 
 
 def test_an_interrupted_run_no_job_owns_shows_its_step_and_resumes_from_the_app(monkeypatch, tiny_model_path):
