@@ -53,7 +53,7 @@ def run_short(prompts: str, model: str | None = None, cpu_bf16: bool = False, pr
 
     rows = []
     t0 = time.perf_counter()
-    overrides = {"cpu_bf16": cpu_bf16, **({"model_name_or_path": model} if model else {})}
+    overrides = {**({"cpu_bf16": True} if cpu_bf16 else {}), **({"model_name_or_path": model} if model else {})}
     if preset:
         from core.models import DEFAULT_MODEL
         from workbench.lab import preset_config
@@ -172,7 +172,8 @@ def main() -> None:
     parser.add_argument("--prompts", default="davidson", help="prompt set (davidson, demo, or a file)")
     parser.add_argument("--ablate", action="store_true", help="also time the slow alternatives")
     parser.add_argument("--model", default=None, help="policy model (default: the short PPO's, SmolLM2-135M-Instruct)")
-    parser.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on CPU, fp32 trainable weights")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="bf16 autocast on CPU, fp32 trainable weights (a preset keeps its own setting without it)")
     parser.add_argument("--preset", default="", help="a lab preset (workbench.lab.PRESETS): detox, qa-completeness, qa-relevance")
     parser.add_argument("--validation", action="store_true",
                         help="evaluate on the prompts after the held-out ones (to choose settings without the held-out prompts)")

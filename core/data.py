@@ -67,7 +67,7 @@ PAIR_ORDER = ((1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4))  # QA-Feedback `pr
 HH_SEPARATOR = "\n\nAssistant:"
 PREFERENCE_DATASETS = ("hh-rlhf", "qa-feedback", "demo")
 SFT_DATASETS = ("qa-feedback", "hh-rlhf", "demo")
-PROMPT_DATASETS = ("davidson", "demo", "hh-rlhf", "provocative", "qa-feedback")
+PROMPT_DATASETS = ("davidson", "demo", "hh-rlhf", "provocative", "qa-feedback", "rude-openings")
 PTX_DATASETS = ("qa-feedback", "demo")
 MAX_TEXT_CHARS = 20_000  # longest accepted prompt / response / text field, in characters
 CHAT_ROLES = ("system", "user", "assistant")
@@ -615,6 +615,26 @@ def rude_request_prompts(n: int, seed: int = 0, folder=None, hh_path=None) -> li
     return mixed[:n]
 
 
+FINISH_INSTRUCTION = "Finish this sentence: "
+"""what a ``rude-openings`` prompt asks before its opening"""
+
+
+def rude_opening_prompts(n: int, seed: int = 0, folder=None) -> list[str]:
+    """"Finish this sentence: " + a sentence opening that swears about an everyday annoyance, shuffled by seed.
+
+    The chat counterpart of RealToxicityPrompts (Gehman et al. 2020): an instruct model asked
+    to finish a profane opening often repeats its profanity (SmolLM2-135M-Instruct at
+    temperature 0.7: mean profanity-check p(toxic) about 0.33), which gives a detoxifying
+    reward room to act. The openings are the project's own (``core/demo_data/rude_openings.jsonl``:
+    mild swearing, no slurs, no group of people targeted), so the set needs no ../shared/data.
+    """
+    folder = Path(folder) if folder else demo_data_dir()
+    path = folder / "rude_openings.jsonl"
+    openings = [_field(o, "opening", path, i) for i, o in enumerate(load_rows(path))]
+    random.Random(seed).shuffle(openings)
+    return [FINISH_INSTRUCTION + o for o in openings[:n]]
+
+
 QA_PROMPT_WORDS = 60
 """passage words kept in a QA-Feedback prompt (``qa_feedback_prompts``)"""
 
@@ -755,6 +775,8 @@ def load_prompts(spec: str, n: int, seed: int = 0) -> list[str]:
         return provocative_prompts(n, seed=seed)
     if name == "provocative":
         return rude_request_prompts(n, seed=seed)
+    if name == "rude-openings":
+        return rude_opening_prompts(n, seed=seed)
     if name == "qa-feedback":
         return qa_feedback_prompts(n, seed=seed)
     if name == "demo":

@@ -8,9 +8,9 @@ never trains on, named as in ``core/metrics.py``:
     eval/toxicity_avg_max    mean over prompts of the max toxicity of its k samples
     eval/toxic_rate          fraction of prompts with >= 1 sample of toxicity >= 0.5
                              (RealToxicityPrompts, Gehman et al. 2020, sec. 2.2; they use k = 25)
-    eval/perplexity          perplexity under the frozen reference (``core.rewards.fluency.perplexity``,
-                             one per response), averaged geometrically: exp(mean_b mean_t NLL_b,t);
-                             empty responses are left out
+    eval/perplexity          perplexity under the frozen reference of the sampled response tokens
+                             (temperature 1, read from the KL pass's reference logits), averaged
+                             geometrically: exp(mean_b mean_t NLL_b,t); empty responses are left out
     eval/distinct_{1,2,3}    distinct n-grams / n-grams over all samples (Li et al. 2016)
     eval/length              mean response tokens
     eval/kl                  mean over samples of Σ_t log π(y_t|·) − log π_ref(y_t|·) (k1; with a reference)
@@ -65,8 +65,8 @@ def toxicity_stats(tox: list[float], k: int) -> dict[str, float]:
 
 def evaluate_policy(policy, tokenizer, prompts: list[str], components: dict, *, reference=None, k: int = 2,
                     max_new_tokens: int = 24, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                    batch_size: int = 16, seed: int = 0, toxicity_scorer=None, chat_template: bool = False,
-                    max_prompt_tokens: int | None = 64) -> tuple[dict, list[dict]]:
+                    batch_size: int = 32, seed: int = 0, toxicity_scorer=None, chat_template: bool = False,
+                    max_prompt_tokens: int | None = 64, policy_is_reference: bool = False) -> tuple[dict, list[dict]]:
     """Sample k responses per held-out prompt and score them. Returns (metrics, samples).
 
     policy: a causal LM with ``generate``. reference: a zero-argument callable returning a
@@ -75,18 +75,21 @@ def evaluate_policy(policy, tokenizer, prompts: list[str], components: dict, *, 
     {prompt, response, toxicity, length, totals: {name: Σ_t r_t}, kl (with a reference)}, the
     per-sample values ``core.paired`` pairs across two evaluations.
     chat_template, max_prompt_tokens: prompt formatting, as ``core.rollout.generate`` (pass the
-    training run's settings). Perplexity is of the response after the formatted prompt.
+    training run's settings). Perplexity is of the sampled response tokens after the formatted prompt.
+    batch_size: samples per generation call; decoding on a CPU is bound by reading the weights, so one
+    large batch costs little more than a small one. policy_is_reference: the policy computes exactly
+    what the reference does (a fresh run before its first update: LoRA adapters start at B = 0), so
+    KL is 0 without a policy pass.
     """
-    from core.rewards.fluency import distinct_n, perplexity
+    from core.rewards.fluency import distinct_n
     from core.rewards.tensor import compute_token_rewards
     from core.rewards.toxicity import ProfanityToxicity
-    from core.rollout import format_prompts
     from core.trainers.common import progress
 
     if not prompts:
         return {}, []
     repeated = [p for p in prompts for _ in range(k)]  # prompt-major: rows b*k .. b*k+k-1 share a prompt
-    texts, lengths, totals, kls = [], [], {name: [] for name in components}, []
+    texts, lengths, totals, kls, nlls = [], [], {name: [] for name in components}, [], []
     devices, device_type = rng_devices(policy)
     with torch.random.fork_rng(devices=devices, device_type=device_type):
         torch.manual_seed(seed)  # seeds the CPU and every CUDA device
@@ -101,20 +104,23 @@ def evaluate_policy(policy, tokenizer, prompts: list[str], components: dict, *, 
             for name, total in tr.totals().items():
                 totals[name] += total.tolist()
             if reference is not None:  # KL_b = Σ_t log π(y_t|..) - log π_ref(y_t|..) (k1, as the training reward)
-                logp = score_tokens(policy, ro, temperature, with_values=False, no_grad=True).logprobs
+                n = ro.response_mask.sum(-1)
                 with reference() as ref_model:
                     ref_logp = score_tokens(ref_model, ro, temperature, with_values=False, no_grad=True).logprobs
+                    raw_logp = ref_logp if temperature == 1.0 else score_tokens(
+                        ref_model, ro, 1.0, with_values=False, no_grad=True).logprobs  # perplexity: untempered
+                logp = ref_logp if policy_is_reference else score_tokens(
+                    policy, ro, temperature, with_values=False, no_grad=True).logprobs
                 kls += (logp - ref_logp).sum(-1).tolist()
+                nlls += torch.where(n > 0, -raw_logp.float().sum(-1) / n.clamp(min=1), float("nan")).tolist()
     scorer = toxicity_scorer or ProfanityToxicity()
     tox = scorer.probability(texts)
     metrics = {f"eval/reward/{name}": sum(v) / len(v) for name, v in totals.items()}
     metrics.update(toxicity_stats(tox, k))
     if reference is not None:
-        with reference() as ref_model:
-            contexts = format_prompts(tokenizer, repeated, chat_template=chat_template, max_prompt_tokens=max_prompt_tokens)
-            ppl = perplexity(ref_model, tokenizer, contexts, texts, batch_size=batch_size)  # (N*k,), NaN if empty
-        finite = ppl[torch.isfinite(ppl)]
-        metrics["eval/perplexity"] = float(finite.log().mean().exp()) if len(finite) else float("nan")
+        finite = torch.tensor(nlls, dtype=torch.float64)
+        finite = finite[torch.isfinite(finite)]  # empty responses have no perplexity
+        metrics["eval/perplexity"] = float(finite.mean().exp()) if len(finite) else float("nan")
     for n in (1, 2, 3):
         metrics[f"eval/distinct_{n}"] = float(distinct_n(texts, n))
     metrics["eval/length"] = sum(lengths) / len(lengths)

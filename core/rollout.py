@@ -27,7 +27,9 @@ Layout of one batch (B rows, P prompt columns, R response columns):
 
 Why it is shaped like this:
 - sampling is `model.generate(..., use_cache=True)`: each new token costs one forward
-  of one position (KV cache), not of the whole sequence;
+  of one position (KV cache), not of the whole sequence; the token is drawn by
+  `core.sampling` (temperature, top-k, top-p from a few hundred candidates: the same
+  distribution as transformers' sampler without sorting the vocabulary);
 - log-probs and values are NOT collected during generation (generate's scores are of
   the processed, top-k/top-p-filtered distribution, and the value head is not run
   there); they come from exactly one forward pass over (prompt, response) after it,
@@ -183,11 +185,15 @@ def generate(policy, tokenizer, prompts: list[str], *, max_new_tokens: int = 24,
                                            max_prompt_tokens=max_prompt_tokens)
     query_ids, query_mask = query_ids.to(device), query_mask.to(device)
     eos = eos_token_ids(tokenizer, policy)
+    from transformers import LogitsProcessorList
+
+    from core.sampling import SamplingProcessor
+
     was_training = policy.training
     policy.eval()
-    sequences = policy.generate(
-        input_ids=query_ids, attention_mask=query_mask, max_new_tokens=max_new_tokens, do_sample=True,
-        temperature=temperature, top_k=top_k, top_p=top_p, use_cache=True,
+    sequences = policy.generate(  # generate's loop and KV cache; the draw is core.sampling's (same distribution, no sort)
+        input_ids=query_ids, attention_mask=query_mask, max_new_tokens=max_new_tokens, do_sample=False,
+        logits_processor=LogitsProcessorList([SamplingProcessor(temperature, top_k, top_p)]), use_cache=True,
         eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, min_new_tokens=min_new_tokens or None,
     )  # (B, P + R')
     policy.train(was_training)

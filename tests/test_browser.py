@@ -248,7 +248,7 @@ def test_explorer_slider_changes_heatmap(page, server):
     assert after != before
 
 
-SHIPPED_ROWS = ["toxicity", "toxicity_sentence", "hh_holistic", "hh_holistic_redistributed", "finegrained_c1", "finegrained_c2",
+SHIPPED_ROWS = ["toxicity", "toxicity_sentence", "toxicity_token", "hh_holistic", "hh_holistic_redistributed", "finegrained_c1", "finegrained_c2",
                 "preference_c3", "preference_c3_redistributed"]
 
 
@@ -314,10 +314,10 @@ def test_lab_preset_run_ends_with_the_paired_table(page, server):
     paired before/after table of the held-out prompts: the weighted component, KL and length, and the verdict."""
     _open(page, server, "lab")
     _choose(page, "Preset", page.get_by_role("option", name=re.compile(r"^detox")))
-    page.get_by_text("Expected: toxicity").wait_for()
+    page.get_by_text("Expected: toxicity_token").wait_for()
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
     page.get_by_role("button", name="Run short PPO").click()
-    page.get_by_text(re.compile(r"^'lab detox toxicity=1 β=[0-9.]+' finished\.$")).wait_for(timeout=300_000)
+    page.get_by_text(re.compile(r"^'lab detox toxicity_token=1 β=[0-9.]+' finished\.$")).wait_for(timeout=300_000)
     _open(page, server, "lab")  # the newest run is the paired panel's default
     page.get_by_text("Held-out before / after, paired by prompt").wait_for(timeout=30_000)
     sentence = page.get_by_text(re.compile(r"^On \d+ held-out prompts, "))
@@ -327,7 +327,7 @@ def test_lab_preset_run_ends_with_the_paired_table(page, server):
                            " return t && t.querySelectorAll('tbody tr').length >= 3; }", timeout=30_000)
     rows = _dataframe_rows(page)
     metrics = [r[0] for r in rows if r]
-    assert metrics == ["toxicity", "kl", "length"], rows
+    assert metrics == ["toxicity_token", "kl", "length"], rows
     assert all(r[-2] in ("yes", "no") for r in rows) and float(rows[1][1]) == 0.0  # KL before training is 0
     _no_error(page)
 

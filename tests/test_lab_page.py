@@ -31,9 +31,9 @@ def _tiny_lab(monkeypatch, tiny_model_path, tmp_path):
     monkeypatch.setenv("RLHF_WORKBENCH_SHORT", json.dumps(SHORT))
     monkeypatch.setenv("RLHF_WORKBENCH_RUNS", str(tmp_path / "runs"))
     monkeypatch.setattr(store, "reward_models_dir", lambda: tmp_path / "no_reward_models")
-    # the two profanity-check components only: fast, and enough to show two weights disagree
+    # the three profanity-check components only: fast, and enough to show two weights disagree
     monkeypatch.setattr(training, "ppo_reward_specs",
-                        lambda: {n: RewardSpec("toxicity", n) for n in ("toxicity", "toxicity_sentence")})
+                        lambda: {n: RewardSpec("toxicity", n) for n in ("toxicity", "toxicity_sentence", "toxicity_token")})
 
 
 def _open() -> AppTest:
@@ -55,7 +55,7 @@ def test_preview_samples_once_then_reranks_at_every_slider_move():
     at.button(key="lab_preview_start").click().run()
     _clean(at)
     bank = at.session_state["lab_preview_bank"]
-    assert bank.totals.shape[:2] == (4, 4) and bank.names == ["toxicity", "toxicity_sentence"]
+    assert bank.totals.shape[:2] == (4, 4) and bank.names == ["toxicity", "toxicity_sentence", "toxicity_token"]
     assert at.session_state["lab_preview_best"] == bank.totals[:, :, 0].argmax(1).tolist()  # w_toxicity = 1, the rest 0
     assert any(c.value.startswith("Best of 4") for c in at.caption)
     at.slider(key="lab_w_toxicity").set_value(0.0).run()
@@ -70,9 +70,9 @@ def test_a_preset_sets_the_sliders_and_beta_and_says_what_to_expect():
     at.slider(key="lab_w_toxicity_sentence").set_value(1.5).run()
     at.selectbox(key="lab_preset").select("detox").run()
     _clean(at)
-    assert (at.slider(key="lab_w_toxicity").value, at.slider(key="lab_w_toxicity_sentence").value) == (1.0, 0.0)
+    assert [at.slider(key=f"lab_w_{n}").value for n in ("toxicity", "toxicity_sentence", "toxicity_token")] == [0.0, 0.0, 1.0]
     assert at.slider(key="lab_beta").value == 0.02
-    assert any(c.value.startswith("Expected: toxicity") and "prompts=provocative" in c.value for c in at.caption)
+    assert any(c.value.startswith("Expected: toxicity_token") and "prompts=rude-openings" in c.value for c in at.caption)
     at.selectbox(key="lab_preset").select("qa-relevance").run()  # its C1/C3 heads are not offered here
     assert any("does not offer finegrained_c1, preference_c3" in w.value for w in at.warning)
 

@@ -148,6 +148,55 @@ def test_evaluate_policy_samples_have_totals_length_and_kl(tiny_model, tiny_mode
     assert metrics["eval/kl"] == 0.0 and metrics["eval/length"] == sum(s["length"] for s in samples) / 4
 
 
+def test_evaluation_perplexity_is_of_the_sampled_tokens_and_a_fresh_policy_skips_its_pass(tiny_model, tiny_model_path,
+                                                                                         monkeypatch):
+    """eval/perplexity = exp(mean_b mean_t NLL) of the sampled ids under the reference at temperature 1 (a naive
+    unpadded loop); policy_is_reference gives the same samples, KL 0 and the same perplexity without a policy pass."""
+    from core import evaluation
+    from core.models import load_tokenizer
+
+    class Scorer:
+        def probability(self, texts):
+            return [0.0] * len(texts)
+
+    class Counting(torch.nn.Module):  # the policy, counting the passes made outside generate
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.calls = model, 0
+
+        def forward(self, *args, **kwargs):
+            self.calls += 1
+            return self.model(*args, **kwargs)
+
+        def generate(self, *args, **kwargs):
+            return self.model.generate(*args, **kwargs)
+
+    rollouts = []
+    sample = evaluation.generate
+    monkeypatch.setattr(evaluation, "generate", lambda *a, **k: rollouts.append(sample(*a, **k)) or rollouts[-1])
+    tok = load_tokenizer(str(tiny_model_path), padding_side="left")
+    prompts = ["Hi there", "Tell me a story about a cat"]
+    same = lambda: contextlib.nullcontext(tiny_model)  # noqa: E731
+    for temperature in (1.0, 0.7):
+        rollouts.clear()
+        kwargs = dict(reference=same, k=2, max_new_tokens=5, toxicity_scorer=Scorer(), temperature=temperature, seed=3)
+        metrics, samples = evaluation.evaluate_policy(tiny_model, tok, prompts, {}, **kwargs)
+        counted = Counting(tiny_model)
+        fresh, fresh_samples = evaluation.evaluate_policy(counted, tok, prompts, {}, policy_is_reference=True, **kwargs)
+        assert counted.calls == 0 and fresh_samples == samples and fresh == metrics
+        assert all(s["kl"] == 0.0 for s in samples)
+        (ro, _) = rollouts  # one batch per evaluation
+        nlls = []  # naive: each row's prompt ids then its response ids, unpadded, one sequence at a time, untempered
+        for q, qm, r, rm in zip(ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask):
+            ids = torch.cat([q[qm.bool()], r[rm.bool()]])[None]
+            with torch.no_grad():
+                logp = torch.log_softmax(tiny_model(ids).logits[0].double(), -1)
+            n_prompt, n = int(qm.sum()), int(rm.sum())
+            if n:
+                nlls.append(sum(-logp[t - 1, ids[0, t]].item() for t in range(n_prompt, n_prompt + n)) / n)
+        assert nlls and metrics["eval/perplexity"] == pytest.approx(math.exp(sum(nlls) / len(nlls)), rel=1e-4)
+
+
 # ----------------------------------------------------------------------------- presets (workbench.lab.PRESETS)
 
 
@@ -155,8 +204,10 @@ def test_presets_build_their_weights_beta_and_settings(tiny_model_path):
     from workbench import lab
 
     detox = lab.preset_config("detox", str(tiny_model_path))
-    assert (detox.rewards, detox.weights, detox.kl_coef, detox.prompts) == ("toxicity", "toxicity=1", 0.02, "provocative")
-    assert (detox.num_prompts, detox.eval_prompts, detox.eval_samples_k, detox.num_iterations) == (32, 16, 2, 6)
+    assert (detox.rewards, detox.weights, detox.kl_coef, detox.prompts) == ("toxicity_token", "toxicity_token=1", 0.02,
+                                                                             "rude-openings")
+    assert (detox.num_prompts, detox.eval_prompts, detox.eval_samples_k, detox.num_iterations) == (32, 24, 1, 3)
+    assert detox.cpu_bf16 and (detox.batch_size, detox.minibatch_size, detox.ppo_epochs) == (16, 8, 2)
     assert detox.eval_every == detox.num_iterations  # evaluated before the first and after the last iteration
     for name, heavy in (("qa-completeness", "preference_c3=1"), ("qa-relevance", "finegrained_c1=1")):
         config = lab.preset_config(name, str(tiny_model_path), data_present=True)
@@ -171,7 +222,7 @@ def test_a_preset_needing_the_real_data_falls_back_to_the_demo_prompts(tiny_mode
 
     settings = lab.preset_settings(lab.preset("qa-relevance"), data_present=False)
     assert "prompts" not in settings and settings["max_new_tokens"] == lab.PRESETS["qa-relevance"].settings["max_new_tokens"]
-    assert lab.preset_settings(lab.preset("detox"), data_present=False)["prompts"] == "provocative"  # the project's own set
+    assert lab.preset_settings(lab.preset("detox"), data_present=False)["prompts"] == "rude-openings"  # the project's own set
 
 
 def test_unknown_preset_and_a_missing_component_are_refused_by_name(monkeypatch, tiny_model_path):

@@ -12,6 +12,7 @@ from core.rewards.toxicity import (
     MiniLMToxicity,
     ProfanityToxicity,
     SentenceToxicityReward,
+    TokenToxicityReward,
 )
 
 
@@ -46,6 +47,26 @@ def test_sentence_rewards_sum_to_holistic(tokenizer):
     assert totals["toxicity"][3] == 0.0  # empty response: no token, no reward
     n_sent = [sum(s.component == "toxicity_sentence" for s in segs) for segs in tr.segments]
     assert n_sent == [2, 2, 2, 0]
+
+
+def test_token_toxicity_puts_each_change_on_the_token_that_made_it_and_sums_to_holistic(tokenizer):
+    """CountScorer: the tokens that complete 'darn' carry -0.25 each (a naive loop over token prefixes), the rest 0."""
+    from core.rewards.tensor import compute_token_rewards
+
+    responses = ["Oh darn, that darn cat.", "All fine here", ""]
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in responses]
+    comps = {"toxicity": HolisticToxicityReward(CountScorer()), "toxicity_token": TokenToxicityReward(CountScorer())}
+    tr = compute_token_rewards(["q"] * 3, rows, tokenizer, comps)
+    torch.testing.assert_close(tr.totals()["toxicity_token"], tr.totals()["toxicity"])
+    per_token = tr.components["toxicity_token"]  # (B, R)
+    for b, ids in enumerate(rows):  # naive: decode each token prefix, score it, difference with the previous one
+        prev, expected = 0.0, []
+        for t in range(len(ids)):
+            tox = CountScorer().probability([tokenizer.decode(ids[:t + 1])])[0]
+            expected.append(-(tox - prev))
+            prev = tox
+        assert per_token[b, :len(ids)].tolist() == pytest.approx(expected)
+    assert per_token[0].tolist().count(-0.25) == 2 and per_token[1].abs().sum() == 0
 
 
 def test_profanity_scorer_range_and_empty():

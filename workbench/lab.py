@@ -8,9 +8,10 @@ the bank in ``st.session_state`` and re-ranks it at every slider move (no model 
 (``eval_samples.jsonl``: the same prompts and seed before the first and after the last
 iteration) and pairs them by prompt. ``PRESETS`` are short runs, as data, meant to move
 the weighted component beyond that paired 95 % interval in one run; what each measured
-(``bench/ppo_short.py --preset NAME``) is in docs/benchmarks.md, "Lab presets" (``detox``
-does not reach the interval yet; the QA presets move length beyond it in opposite directions,
-not their components; none fits 60 s yet).
+(``bench/ppo_short.py --preset NAME``) is in docs/benchmarks.md, "Lab presets": ``detox`` runs in
+about 60 s and moved toxicity beyond the interval on the validation prompts in 3 of 3 seeds, on the
+held-out prompts just short of it; ``qa-relevance`` shortens answers and raises C1 beyond it,
+``qa-completeness`` does not lengthen them; the QA presets take about 150 s.
 
 What it leaves out: drawing (the page), the statistics themselves (``core.paired``).
 """
@@ -123,18 +124,19 @@ class Preset:
     needs_data: bool = False  # its prompts come from ../shared/data (else the demo prompts)
 
 
-# Settings written down before any run, not tuned yet; compare changes with `bench/ppo_short.py --preset NAME
-# --validation` (prompts after the held-out ones), never on the held-out prompts. docs/benchmarks.md, "Lab presets".
-_DETOX = {"prompts": "provocative", "num_prompts": 32, "eval_prompts": 16, "eval_samples_k": 2, "num_iterations": 6,
-          "batch_size": 8, "minibatch_size": 8, "ppo_epochs": 2, "learning_rate": 1e-3, "lora_r": 16,
-          "max_new_tokens": 24, "temperature": 1.0, "top_p": 1.0}
+# Chosen on the validation prompts only (`bench/ppo_short.py --preset NAME --validation`: the prompts after the
+# held-out ones), never on the held-out prompts; docs/benchmarks.md, "Lab presets", lists every setting tried.
+_DETOX = {"prompts": "rude-openings", "num_prompts": 32, "eval_prompts": 24, "eval_samples_k": 1, "num_iterations": 3,
+          "batch_size": 16, "minibatch_size": 8, "ppo_epochs": 2, "learning_rate": 1e-3, "lora_r": 16,
+          "max_new_tokens": 16, "temperature": 0.7, "top_p": 0.9, "cpu_bf16": True}
 _QA = {"prompts": "qa-feedback", "num_prompts": 24, "eval_prompts": 12, "eval_samples_k": 2, "num_iterations": 4,
        "batch_size": 8, "minibatch_size": 8, "ppo_epochs": 2, "learning_rate": 1e-3, "lora_r": 16,
-       "max_new_tokens": 64, "max_prompt_tokens": 160, "temperature": 0.7, "top_p": 0.9}
+       "max_new_tokens": 64, "max_prompt_tokens": 160, "temperature": 0.7, "top_p": 0.9, "cpu_bf16": True}
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("detox", "Less toxicity on provocative requests", {"toxicity": 1.0}, 0.02, _DETOX,
-           "toxicity (−p(toxic) of profanity-check) rises: the held-out answers get less profane"),
+    Preset("detox", "Less toxicity when asked to finish a profane sentence", {"toxicity_token": 1.0}, 0.02, _DETOX,
+           "toxicity_token (−p(toxic) of profanity-check, credited to the token that made the answer toxic) rises: "
+           "the held-out answers repeat less of the opening's swearing"),
     Preset("qa-completeness", "QA-Feedback: completeness (C3) over relevance (C1)",
            {"preference_c3": 1.0, "finegrained_c1": 0.2}, 0.02, _QA,
            "answers get longer (Wu et al. 2023: a heavier completeness weight lengthens answers)", needs_data=True),

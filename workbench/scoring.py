@@ -58,6 +58,8 @@ def available_components() -> list[ComponentInfo]:
     comps = [
         ComponentInfo("toxicity", "toxicity (holistic, −p(toxic) on the last token)", "sequence", "toxicity"),
         ComponentInfo("toxicity_sentence", "toxicity change per sentence (fine-grained)", "sentence", "toxicity"),
+        ComponentInfo("toxicity_token", "toxicity change per token (redistributed: the word that made it toxic)",
+                      "token", "toxicity"),
     ]
     for folder, meta in _stored_models():
         from pathlib import Path
@@ -111,9 +113,9 @@ def has_learned_models() -> bool:
 def build_component(name: str, source: str, ref: str = ""):
     """The RewardComponent behind a ComponentInfo (cached per server, never mutated)."""
     if source == "toxicity":
-        from core.rewards.toxicity import HolisticToxicityReward, SentenceToxicityReward
+        from core.rewards.toxicity import HolisticToxicityReward, SentenceToxicityReward, TokenToxicityReward
 
-        cls = HolisticToxicityReward if name == "toxicity" else SentenceToxicityReward
+        cls = {"toxicity": HolisticToxicityReward, "toxicity_token": TokenToxicityReward}.get(name, SentenceToxicityReward)
         return cls(scorer=_profanity(), name=name)
     from core.rewards import store
 

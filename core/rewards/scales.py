@@ -8,6 +8,7 @@ scale [-s, s] fixed by what its values mean:
 
     toxicity             -p(toxic) in [-1, 0]: s = 1 (its probability range)
     toxicity_sentence    change of p(toxic) per sentence, in [-1, 1]: s = 1
+    toxicity_token       change of p(toxic) per token, in [-1, 1]: s = 1
     fine-grained C1/C2   +-1 per segment (positive_reward / negative_reward): s = max(|pos|, |neg|)
     holistic (preference) (R - mu) / sigma, a z-score over the model's training scores: s = 2
                          (about 95 % of training responses fall within +-2)
@@ -28,7 +29,7 @@ TOXICITY_SCALE = 1.0
 FINEGRAINED_DEFAULT = 1.0
 HOLISTIC_Z_SCALE = 2.0
 REDISTRIBUTED_SCALE = 0.5
-NAMED = {"toxicity": TOXICITY_SCALE, "toxicity_sentence": TOXICITY_SCALE}
+NAMED = {"toxicity": TOXICITY_SCALE, "toxicity_sentence": TOXICITY_SCALE, "toxicity_token": TOXICITY_SCALE}
 
 
 def colour_scale(name: str, meta: dict | None = None, redistributed: bool = False) -> float | None:

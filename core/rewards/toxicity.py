@@ -17,7 +17,10 @@ What it is:
     ``HolisticToxicityReward``:  r = -tox(y), on the last token (sequence level);
     ``SentenceToxicityReward``:  at the end of sentence j, r_j = -(tox(y_1..j) - tox(y_1..j-1)),
       with tox(empty) = 0 and y_1..m = the whole response, so sum_j r_j = -tox(y).
-  Both implement ``core.rewards.tensor.RewardComponent``.
+  ``TokenToxicityReward`` is the same telescoping sum over the policy's tokens (each
+  token's change of the scorer's output when it is appended: the redistributed, RED-style
+  view of the scorer, Li et al. 2024), so the penalty lands on the word that made the text
+  toxic. All three implement ``core.rewards.tensor.RewardComponent``.
 
 What it leaves out: Perspective API (the paper's scorer; needs a network key),
 calibration of the two scorers against each other.
@@ -256,6 +259,15 @@ class SentenceToxicityReward:
             out[b].append(-(t - prev[b]))
             prev[b] = t
         return out
+
+
+class TokenToxicityReward(SentenceToxicityReward):
+    """r_t = -(tox(y_<=t) - tox(y_<t)) on every response token, tox(empty) = 0: sums to -tox(y) (the module docstring)."""
+
+    level = "token"
+
+    def __init__(self, scorer=None, name: str = "toxicity_token"):
+        super().__init__(scorer, name)
 
 
 @entry_point

@@ -77,7 +77,7 @@ class PPOConfig:
     model_name_or_path: str = DEFAULT_MODEL
     """policy model: an alias, a local folder or a Hugging Face id"""
     prompts: str = "davidson"
-    """prompt set: 'davidson' (openings of offensive tweets), 'provocative' (requests inviting rudeness), 'qa-feedback' (questions, passages trimmed), 'demo', 'hh-rlhf', or a .txt (one per line) / .jsonl ('prompt') path"""
+    """prompt set: 'davidson' (openings of offensive tweets), 'provocative' (requests inviting rudeness), 'rude-openings' (finish a profane sentence), 'qa-feedback' (questions, passages trimmed), 'demo', 'hh-rlhf', or a .txt (one per line) / .jsonl ('prompt') path"""
     num_prompts: int = 32
     """training prompts"""
     eval_prompts: int = 16
@@ -181,12 +181,14 @@ class PPOConfig:
 
 
 def short_ppo_config(**overrides) -> PPOConfig:
-    """The "short PPO" of the app's reward-weight lab: default model, LoRA, 3 iterations on 8 prompts, 24 tokens;
+    """The "short PPO" of the app's reward-weight lab: default model, LoRA, 3 iterations on 8 prompts, 24 tokens
+    sampled at temperature 0.7 with top-p 0.9 (at temperature 1 a 135M instruct model drifts off topic);
     held-out toxicity/perplexity on 4 prompts x 2 samples before and after (< 60 s on 2 idle CPU cores).
     A checkpoint after every iteration (the LoRA adapter, value head and optimizer: a few MB), so a run whose
-    process dies resumes from its last iteration."""
+    process dies resumes from its last iteration. The lab's presets (``workbench.lab.PRESETS``) change more."""
     short = PPOConfig(num_prompts=8, eval_prompts=4, eval_every=3, batch_size=8, minibatch_size=8,
-                      ppo_epochs=2, num_iterations=3, max_new_tokens=24, save_every=1, learning_rate=3e-4)
+                      ppo_epochs=2, num_iterations=3, max_new_tokens=24, save_every=1, learning_rate=3e-4,
+                      temperature=0.7, top_p=0.9)
     return replace(short, **overrides)
 
 
@@ -264,7 +266,7 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
                     policy, tokenizer, eval_prompts, components, reference=reference, k=config.eval_samples_k,
                     max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k,
                     top_p=config.top_p, seed=config.seed, chat_template=config.chat_template,
-                    max_prompt_tokens=config.max_prompt_tokens)
+                    max_prompt_tokens=config.max_prompt_tokens, policy_is_reference=step == 0)  # before any update
             run.log_eval_samples(step, samples)
             return metrics
 
@@ -296,8 +298,12 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
             model.train()  # old log-probs and the update in the same mode (and dropout is off: build_models)
             old = score_tokens(model, rollout, config.temperature, with_entropy=True, no_grad=True)
             rollout.logprobs, rollout.values, rollout.entropy = old.logprobs, old.values, old.entropy
-            with reference() as ref_model, accelerator.autocast():
-                rollout.ref_logprobs = score_tokens(ref_model, rollout, config.temperature, with_values=False, no_grad=True).logprobs
+            if iteration == 1 and checkpoint_folder is None and frozen_reference is None:
+                rollout.ref_logprobs = old.logprobs.clone()  # before the first update the LoRA policy IS the reference (B = 0)
+            else:
+                with reference() as ref_model, accelerator.autocast():
+                    rollout.ref_logprobs = score_tokens(ref_model, rollout, config.temperature, with_values=False,
+                                                        no_grad=True).logprobs
             t_forward = time.perf_counter() - t0
 
             # ---- 2. score: every component on the response tokens; r_t = sum_k w_k r^k_t  (Wu et al. eq. 1)

@@ -10,8 +10,9 @@ the app and notebooks name rewards the same way:
 Each comma-separated entry of ``rewards`` is one of
 - ``toxicity``           -r = tox(response) on the last token (holistic, Wu et al. 2023 sec. 3);
 - ``toxicity_sentence``  sentence-level toxicity change (fine-grained, Wu et al. 2023 sec. 3);
-  both score with profanity-check (``ProfanityToxicity``); ``toxicity_minilm`` and
-  ``toxicity_sentence_minilm`` use the MiniLM head instead (train it first);
+- ``toxicity_token``     the same change per policy token (the penalty lands on the toxic word);
+  all three score with profanity-check (``ProfanityToxicity``); ``toxicity_minilm``,
+  ``toxicity_sentence_minilm`` and ``toxicity_token_minilm`` use the MiniLM head instead (train it first);
 - ``NAME=FOLDER``        a trained reward model saved by ``core.rewards.store`` (holistic
   preference RM, fine-grained C1/C2 RM, C3 RM: its metadata says which), under NAME;
 - ``NAME=redistributed:FOLDER``  a holistic RM's score redistributed over tokens (RED);
@@ -41,7 +42,8 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-TOXICITY_BUILTINS = ("toxicity", "toxicity_sentence", "toxicity_minilm", "toxicity_sentence_minilm")
+TOXICITY_BUILTINS = ("toxicity", "toxicity_sentence", "toxicity_token", "toxicity_minilm", "toxicity_sentence_minilm",
+                     "toxicity_token_minilm")
 
 
 class RewardSetupError(ValueError):
@@ -151,10 +153,11 @@ def load_function(spec: str):
 
 
 def _toxicity(name: str):
-    from core.rewards.toxicity import HolisticToxicityReward, MiniLMToxicity, SentenceToxicityReward
+    from core.rewards.toxicity import HolisticToxicityReward, MiniLMToxicity, SentenceToxicityReward, TokenToxicityReward
 
     scorer = MiniLMToxicity() if name.endswith("_minilm") else None
-    cls = SentenceToxicityReward if name.startswith("toxicity_sentence") else HolisticToxicityReward
+    cls = (SentenceToxicityReward if name.startswith("toxicity_sentence") else TokenToxicityReward
+           if name.startswith("toxicity_token") else HolisticToxicityReward)
     return cls(scorer=scorer, name=name)
 
 
