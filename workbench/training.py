@@ -58,7 +58,7 @@ def ppo_reward_specs() -> dict:
 
 
 def short_ppo(model: str, weights: dict[str, float], kl_coef: float, **extra):
-    """The lab's short PPO config (``PPOConfig``) with these reward weights and β."""
+    """The lab's short PPO config (``PPOConfig``) with these reward weights and β, bf16 autocast on a CPU."""
     from core.trainers.ppo import short_ppo_config
     from core.trainers.rewards_setup import format_rewards
 
@@ -74,6 +74,7 @@ def short_ppo(model: str, weights: dict[str, float], kl_coef: float, **extra):
         "rewards": format_rewards(specs[n] for n in names),  # refuses a name or folder that would not read back
         "weights": ",".join(f"{n}={weights[n]:g}" for n in names),
         "kl_coef": float(kl_coef),
+        "cpu_bf16": True,  # the app trains in a child process of its own: bf16 autocast there (docs/benchmarks.md)
         **extra,
         **env_overrides("ppo"),
     }
