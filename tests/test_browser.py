@@ -317,7 +317,9 @@ def test_lab_preset_run_ends_with_the_paired_table(page, server):
     page.get_by_text("Expected: toxicity_token").wait_for()
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
     page.get_by_role("button", name="Run short PPO").click()
-    page.get_by_text(re.compile(r"^'lab detox toxicity_token=1 β=[0-9.]+' finished\.$")).wait_for(timeout=300_000)
+    finished = page.get_by_text(re.compile(r"^'lab detox toxicity_token=1 β=[0-9.]+' finished\.$"))
+    finished.wait_for(timeout=300_000)
+    assert finished.inner_text() == "'lab detox toxicity_token=1 β=0.02' finished.", finished.inner_text()  # the preset's β
     _open(page, server, "lab")  # the newest run is the paired panel's default
     page.get_by_text("Held-out before / after, paired by prompt").wait_for(timeout=30_000)
     sentence = page.get_by_text(re.compile(r"^On \d+ held-out prompts, "))
