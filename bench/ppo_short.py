@@ -25,6 +25,7 @@ What it leaves out: GPU timings (run it on one to get them), accuracy.
     python bench/ppo_short.py --cpu-bf16       # bf16 autocast on CPU (fp32 trainable weights)
     python bench/ppo_short.py --model tiny-random-llama --prompts demo   # the test model
     python bench/ppo_short.py --preset detox   # a lab preset + its paired table (qa-completeness, qa-relevance)
+    python bench/ppo_short.py --preset detox --validation --seed 1   # choose settings: validation prompts, seed 1
 Results are recorded in docs/benchmarks.md (## Short PPO).
 """
 
@@ -46,7 +47,7 @@ PHASES = ("generation", "forward", "scoring", "update")
 
 
 def run_short(prompts: str, model: str | None = None, cpu_bf16: bool = False, preset: str = "",
-              validation: bool = False) -> dict:
+              validation: bool = False, seed: int | None = None) -> dict:
     import resource
 
     from core.trainers.ppo import short_ppo_config, train_ppo
@@ -61,8 +62,12 @@ def run_short(prompts: str, model: str | None = None, cpu_bf16: bool = False, pr
         config = preset_config(preset, model or DEFAULT_MODEL, cpu=True, **overrides)
     else:
         config = short_ppo_config(prompts=prompts, **overrides)
-    if validation:
-        use_validation_prompts(config.num_prompts, config.eval_prompts)
+    if validation or seed is not None:
+        split_prompts(config.num_prompts, config.eval_prompts, config.seed, validation)
+    if seed is not None:
+        from dataclasses import replace
+
+        config = replace(config, seed=seed)
     t_config = time.perf_counter() - t0
     run = train_ppo(config, on_log=lambda step, m: rows.append((step, m)))
     wall = time.perf_counter() - t0
@@ -87,17 +92,21 @@ def run_short(prompts: str, model: str | None = None, cpu_bf16: bool = False, pr
     return {"wall": wall, "cpu_s": cpu_s, "eval": evals, **totals}
 
 
-def use_validation_prompts(num_prompts: int, eval_prompts: int) -> None:
-    """Make the trainer evaluate on prompts [n + e, n + 2e) of its prompt set instead of the held-out [n, n + e)."""
+def split_prompts(num_prompts: int, eval_prompts: int, split_seed: int, validation: bool) -> None:
+    """Make the trainer's prompt split that of ``split_seed`` whatever its own seed (--seed changes the training
+    randomness only, so no seed's validation prompts are another seed's held-out ones); with ``validation`` it
+    evaluates on prompts [n + e, n + 2e) of that order instead of the held-out [n, n + e)."""
     import core.trainers.ppo as ppo
 
     load = ppo.load_prompts
 
-    def shifted(spec, n, seed=0):
-        prompts = load(spec, n + eval_prompts, seed)
+    def split(spec, n, seed=0):
+        if not validation:
+            return load(spec, n, split_seed)
+        prompts = load(spec, n + eval_prompts, split_seed)
         return prompts[:num_prompts] + prompts[num_prompts + eval_prompts:]
 
-    ppo.load_prompts = shifted
+    ppo.load_prompts = split
 
 
 def print_paired(run) -> None:
@@ -177,6 +186,8 @@ def main() -> None:
     parser.add_argument("--preset", default="", help="a lab preset (workbench.lab.PRESETS): detox, qa-completeness, qa-relevance")
     parser.add_argument("--validation", action="store_true",
                         help="evaluate on the prompts after the held-out ones (to choose settings without the held-out prompts)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="training seed (sampling, value head); the train / held-out / validation prompts stay the preset's")
     parser.add_argument("--set", default="", help="JSON of PPOConfig fields over the preset's, e.g. '{\"learning_rate\": 5e-4}'")
     args = parser.parse_args()
     import torch
@@ -189,7 +200,7 @@ def main() -> None:
         from workbench import training
 
         os.environ[training.SHORT_ENV] = json.dumps({"ppo": json.loads(args.set)})  # applied last, as in the tests
-    run_short(args.prompts, args.model, args.cpu_bf16, args.preset, args.validation)
+    run_short(args.prompts, args.model, args.cpu_bf16, args.preset, args.validation, args.seed)
     if args.ablate:
         ablate(args.prompts)
 

@@ -65,7 +65,7 @@ def toxicity_stats(tox: list[float], k: int) -> dict[str, float]:
 
 def evaluate_policy(policy, tokenizer, prompts: list[str], components: dict, *, reference=None, k: int = 2,
                     max_new_tokens: int = 24, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                    batch_size: int = 32, seed: int = 0, toxicity_scorer=None, chat_template: bool = False,
+                    batch_size: int = 64, seed: int = 0, toxicity_scorer=None, chat_template: bool = False,
                     max_prompt_tokens: int | None = 64, policy_is_reference: bool = False) -> tuple[dict, list[dict]]:
     """Sample k responses per held-out prompt and score them. Returns (metrics, samples).
 
@@ -76,10 +76,10 @@ def evaluate_policy(policy, tokenizer, prompts: list[str], components: dict, *, 
     per-sample values ``core.paired`` pairs across two evaluations.
     chat_template, max_prompt_tokens: prompt formatting, as ``core.rollout.generate`` (pass the
     training run's settings). Perplexity is of the sampled response tokens after the formatted prompt.
-    batch_size: samples per generation call; on a CPU one batch of 24 rows decodes in about 1.35x the
-    time of 16 rows, so one large batch is cheaper than several small ones. policy_is_reference: the policy computes exactly
-    what the reference does (a fresh run before its first update: LoRA adapters start at B = 0), so
-    KL is 0 without a policy pass.
+    batch_size: samples per generation call; on a CPU one large batch is cheaper than several small ones
+    (SmolLM2-135M, 48 rows x 16 tokens: 6.2 s in one call, 7.2 s as 32 + 16, 8.9 s as 3 x 16).
+    policy_is_reference: the policy computes exactly what the reference does (a fresh run before
+    its first update: LoRA adapters start at B = 0), so KL is 0 without a policy pass.
     """
     from core.rewards.fluency import distinct_n
     from core.rewards.tensor import compute_token_rewards

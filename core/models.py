@@ -367,6 +367,10 @@ class LoraSettings:
     alpha: int = 32
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
+    layers: int = 0
+    """adapters in the last N transformer blocks only (0, or N >= the model's blocks: every block). The blocks below have none, so a
+    backward pass stops at the lowest adapted block; unlike ``train_only_last_layers`` this survives peft's
+    ``disable_adapter()``, which makes every adapter trainable again on exit (PPO's reference passes)."""
 
 
 def apply_lora(model, settings: LoraSettings | None = None, task_type: str = "CAUSAL_LM"):
@@ -374,8 +378,16 @@ def apply_lora(model, settings: LoraSettings | None = None, task_type: str = "CA
     from peft import LoraConfig, get_peft_model
 
     s = settings or LoraSettings()
+    if s.layers < 0:
+        raise ValueError(f"LoRA layers must be >= 0 (0: every block), got {s.layers}")
+    blocks, n = {}, getattr(model.config, "num_hidden_layers", None)
+    if s.layers and not n:
+        raise ValueError("LoRA on the last blocks needs a model config with num_hidden_layers; use every block (0)")
+    if s.layers and s.layers < n:  # as many as the model has, or more: every block
+        blocks = {"layers_to_transform": list(range(n - s.layers, n)), "layers_pattern": "layers"}
     config = LoraConfig(
-        r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=list(s.target_modules), task_type=task_type
+        r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=list(s.target_modules), task_type=task_type,
+        **blocks,
     )
     return get_peft_model(model, config)
 

@@ -206,7 +206,8 @@ def test_presets_build_their_weights_beta_and_settings(tiny_model_path):
     detox = lab.preset_config("detox", str(tiny_model_path))
     assert (detox.rewards, detox.weights, detox.kl_coef, detox.prompts) == ("toxicity_token", "toxicity_token=1", 0.02,
                                                                              "rude-openings")
-    assert (detox.num_prompts, detox.eval_prompts, detox.eval_samples_k, detox.num_iterations) == (32, 24, 1, 3)
+    assert (detox.num_prompts, detox.eval_prompts, detox.eval_samples_k, detox.num_iterations) == (32, 48, 1, 3)
+    assert (detox.lora_layers, detox.learning_rate) == (10, 2e-3)
     assert detox.cpu_bf16 and (detox.batch_size, detox.minibatch_size, detox.ppo_epochs) == (16, 8, 2)
     assert detox.eval_every == detox.num_iterations  # evaluated before the first and after the last iteration
     for name, heavy in (("qa-completeness", "preference_c3=1"), ("qa-relevance", "finegrained_c1=1")):

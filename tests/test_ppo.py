@@ -58,6 +58,22 @@ def test_two_iterations_finite_and_parameters_change(config):
     assert any("lora_B" in n for n in changed) and any("v_head" in n for n in changed)
 
 
+def test_lora_layers_puts_adapters_in_the_last_blocks_only(config):
+    from dataclasses import replace
+
+    from core.models import LoraSettings, apply_lora, load_causal_lm
+
+    run = train_ppo(replace(config, lora_layers=1))  # the tiny model has 2 blocks
+    after = _last_weights(run)
+    adapters = [n for n in after if "lora_" in n]
+    assert adapters and all(".layers.1." in n for n in adapters)  # none in block 0, even after the reference passes
+    assert any("lora_B" in n and after[n].abs().sum() > 0 for n in adapters)  # B starts at 0: it trained
+    every = apply_lora(load_causal_lm(config.model_name_or_path, device="cpu"), LoraSettings(r=4, alpha=8, layers=5))
+    assert any(".layers.0." in n for n, p in every.named_parameters() if p.requires_grad)  # >= the blocks: all of them
+    with pytest.raises(ValueError, match="LoRA layers must be >= 0"):
+        apply_lora(load_causal_lm(config.model_name_or_path, device="cpu"), LoraSettings(layers=-1))
+
+
 def test_advantages_with_gamma_lambda_one_only_change_up_to_the_reward_token():
     torch.manual_seed(0)
     B, T, t = 2, 7, 3

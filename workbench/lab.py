@@ -9,8 +9,8 @@ the bank in ``st.session_state`` and re-ranks it at every slider move (no model 
 iteration) and pairs them by prompt. ``PRESETS`` are short runs, as data, meant to move
 the weighted component beyond that paired 95 % interval in one run; what each measured
 (``bench/ppo_short.py --preset NAME``) is in docs/benchmarks.md, "Lab presets": ``detox`` runs in
-about 60 s and moved toxicity beyond the interval on the validation prompts in 3 of 3 seeds, on the
-held-out prompts just short of it; ``qa-relevance`` shortens answers and raises C1 beyond it,
+about 55 s and moved toxicity beyond the interval on the validation prompts in 3 of 3 seeds and on
+its 48 held-out prompts; ``qa-relevance`` shortens answers and raises C1 beyond it,
 ``qa-completeness`` does not lengthen them; the QA presets take about 150 s.
 
 What it leaves out: drawing (the page), the statistics themselves (``core.paired``).
@@ -126,8 +126,8 @@ class Preset:
 
 # Chosen on the validation prompts only (`bench/ppo_short.py --preset NAME --validation`: the prompts after the
 # held-out ones), never on the held-out prompts; docs/benchmarks.md, "Lab presets", lists every setting tried.
-_DETOX = {"prompts": "rude-openings", "num_prompts": 32, "eval_prompts": 24, "eval_samples_k": 1, "num_iterations": 3,
-          "batch_size": 16, "minibatch_size": 8, "ppo_epochs": 2, "learning_rate": 1e-3, "lora_r": 16,
+_DETOX = {"prompts": "rude-openings", "num_prompts": 32, "eval_prompts": 48, "eval_samples_k": 1, "num_iterations": 3,
+          "batch_size": 16, "minibatch_size": 8, "ppo_epochs": 2, "learning_rate": 2e-3, "lora_r": 16, "lora_layers": 10,
           "max_new_tokens": 16, "temperature": 0.7, "top_p": 0.9, "cpu_bf16": True}
 _QA = {"prompts": "qa-feedback", "num_prompts": 24, "eval_prompts": 12, "eval_samples_k": 2, "num_iterations": 4,
        "batch_size": 8, "minibatch_size": 8, "ppo_epochs": 2, "learning_rate": 1e-3, "lora_r": 16,

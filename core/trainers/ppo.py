@@ -156,6 +156,8 @@ class PPOConfig:
     """LoRA rank"""
     lora_alpha: int = 32
     """LoRA alpha"""
+    lora_layers: int = 0
+    """LoRA adapters in the last N transformer blocks only (0: all); backprop stops below them, fast on CPU"""
     eval_every: int = 5
     """evaluate on the held-out prompts every N iterations and before training (0 = off)"""
     eval_samples_k: int = 2
@@ -199,7 +201,7 @@ def build_models(config: PPOConfig, device):
     """(PolicyWithValue, frozen reference or None): fp32 trainable weights, dropout off (core.value_head)."""
     from core.models import LoraSettings
 
-    lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
+    lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha, layers=config.lora_layers) if config.lora else None
     try:
         return build_policy_with_value(config.model_name_or_path, device, lora=lora, value_model=config.value_model)
     except ValueError as exc:
