@@ -211,6 +211,28 @@ def preview_panel(model: str) -> None:
                 f"{n}: {float(bank.totals[p, b, k]):+.3f}" for k, n in enumerate(bank.names)) + f" · {int(bank.lengths[p, b])} tokens")
 
 
+BEFORE_TRAINING = "this run before training"
+
+
+def between_panel(which: str, against: str) -> None:
+    """Two runs' final policies paired by held-out prompt (``workbench.lab.paired_between``)."""
+    from core.paired import describe
+    from workbench import lab
+
+    result = lab.paired_between(components.open_run(which), components.open_run(against))
+    if result is None:
+        st.info("These two runs share fewer than two held-out prompts (or one has no evaluation): nothing to pair.")
+        return
+    rows, names, differing = result
+    st.dataframe(lab.table(rows, before="other run", after="this run"), hide_index=True)
+    st.markdown(f"Against {components.label_for_path(against)}: " + describe(rows, names + [lab.WEIGHTED_TOTAL]))
+    if differing:
+        st.warning(f"The two runs sampled with different settings ({', '.join(differing)}): their answers differ by more "
+                   "than the policies, so the intervals are wider than they need be.")
+    st.caption("Each run's last evaluation, on the prompts both held out, paired by prompt: Δ is the mean over prompts "
+               "of this run − the other run, with Student's t 95 % interval. The weighted total uses this run's weights.")
+
+
 def paired_panel() -> None:
     """A finished lab run's held-out samples before and after training, paired by prompt, with 95 % intervals."""
     from workbench import lab
@@ -223,6 +245,14 @@ def paired_panel() -> None:
     chosen = st.session_state.get(K("ba_run"))
     which = st.selectbox("Run", paths, index=paths.index(chosen) if chosen in paths else 0, key=K("paired_run"),
                          format_func=components.label_for_path)
+    others = [p for p in paths if p != which]
+    against = st.selectbox("Against", [BEFORE_TRAINING] + others, key=K("paired_against"),
+                           format_func=lambda p: p if p == BEFORE_TRAINING else f"the final policy of {components.label_for_path(p)}",
+                           help="Another run's final policy on the same held-out prompts: Wu et al. 2023 compare policies "
+                                "trained with different reward weights (e.g. the qa-relevance and qa-completeness presets).")
+    if against != BEFORE_TRAINING:
+        between_panel(which, against)
+        return
     result = lab.paired_rows(components.open_run(which))
     if result is None:
         st.info("This run evaluated its held-out prompts fewer than twice (before and after training): nothing to pair.")

@@ -108,6 +108,31 @@ def test_paired_table_of_a_finished_run_with_its_verdict(tmp_path):
     assert any("On 4 held-out prompts, toxicity rose by 0.415" in m.value for m in at.markdown)
 
 
+def test_two_runs_final_policies_pair_by_prompt(tmp_path):
+    """Wu et al.'s customisation experiment in the app: one run's final policy against another's on the same prompts."""
+    from core.paths import runs_dir
+    from core.runstore import Run
+
+    first = _fake_run(runs_dir())
+    second = Run.create("ppo", {"weights": "toxicity=0.5", "rewards": "toxicity", "kl_coef": 0.05, "seed": 1},
+                        name="lab toxicity=0.5", root=runs_dir())
+    second.log_eval_samples(0, [{"prompt": f"p{i}", "response": "x", "length": 5, "totals": {"toxicity": -0.5}} for i in range(5)])
+    second.log_eval_samples(3, [{"prompt": f"p{i}", "response": "z", "length": 9 + i % 2, "kl": 0.0,
+                                 "totals": {"toxicity": -0.3}} for i in range(5)])  # p4: not held out by the first run
+    second.log_metrics(3, {"objective/scores": 0.0})
+    second.set_status("finished")
+    at = _open()
+    at.selectbox(key="lab_paired_run").select(str(second.path)).run()
+    at.selectbox(key="lab_paired_against").select(str(first.path)).run()
+    _clean(at)
+    rows = {r["metric"]: r for r in at.dataframe[-1].value.to_dict("records")}
+    assert rows["length"]["prompts"] == 4  # the prompts both runs held out
+    assert rows["length"]["Δ (this run − other run)"] == pytest.approx(9.5 - 6.5) and rows["length"]["beyond the noise"] == "yes"
+    assert rows["toxicity"]["other run"] == pytest.approx(-0.085) and rows["toxicity"]["this run"] == pytest.approx(-0.3)
+    assert any(m.value.startswith("Against ") and "On 4 held-out prompts" in m.value for m in at.markdown)
+    assert any("different settings (seed)" in w.value for w in at.warning)  # seed 1 against the default
+
+
 def test_short_ppo_with_evaluation_gives_a_paired_table():
     from workbench.jobs import registry
 

@@ -277,3 +277,30 @@ def test_qa_feedback_prompts_keep_the_question_and_trim_the_passages(shared_data
         assert question in questions and context.startswith("wikipage: ")
         text_words = sum(len(part.split(" text: ", 1)[1].split()) for part in context.split(" | "))
         assert text_words <= QA_PROMPT_WORDS
+
+
+def test_paired_between_two_runs_uses_each_final_evaluation_and_both_weightings(tmp_path):
+    from core.runstore import Run
+    from workbench import lab
+
+    def run(name, weights, lengths, c1, c3, seed=0):
+        r = Run.create("ppo", {"weights": weights, "rewards": "finegrained_c1,preference_c3", "seed": seed}, name=name,
+                       root=tmp_path)
+        r.log_eval_samples(0, [{"prompt": f"q{i}", "length": 50, "totals": {"finegrained_c1": 0.0, "preference_c3": 0.0}}
+                               for i in range(6)])
+        r.log_eval_samples(4, [{"prompt": f"q{i}", "length": n, "kl": 1.0,
+                                "totals": {"finegrained_c1": c1[i], "preference_c3": c3[i]}} for i, n in enumerate(lengths)])
+        return r
+
+    relevance = run("relevance", "finegrained_c1=1,preference_c3=0.2", [30, 28, 35, 31, 26, 33], [1, 1, 0, 1, 1, 0], [0] * 6)
+    completeness = run("completeness", "preference_c3=1,finegrained_c1=0.2", [60, 55, 58, 64, 52, 61], [0] * 6, [1, 2, 1, 2, 1, 2])
+    rows, names, differing = lab.paired_between(completeness, relevance)
+    by = {r.metric: r for r in rows}
+    assert set(names) == {"preference_c3", "finegrained_c1"} and differing == []
+    assert by["length"].diff == pytest.approx((350 - 183) / 6) and by["length"].beyond_noise  # C3-heavy answers are longer
+    assert by["preference_c3"].diff == pytest.approx(1.5) and by["finegrained_c1"].diff == pytest.approx(-4 / 6)
+    # the weighted total is this run's: 1 * C3 + 0.2 * C1
+    assert by[lab.WEIGHTED_TOTAL].after == pytest.approx(1.5) and by[lab.WEIGHTED_TOTAL].before == pytest.approx(0.2 * 4 / 6)
+    assert lab.paired_between(completeness, run("other seed", "preference_c3=1", [1] * 6, [0] * 6, [0] * 6, seed=3))[2] == ["seed"]
+    lonely = Run.create("ppo", {"weights": "preference_c3=1"}, name="no eval", root=tmp_path)
+    assert lab.paired_between(completeness, lonely) is None

@@ -6,7 +6,8 @@ policy and scores them with every reward component the lab offers, once; the pag
 the bank in ``st.session_state`` and re-ranks it at every slider move (no model runs).
 ``paired_rows`` reads a finished lab run's held-out evaluation samples
 (``eval_samples.jsonl``: the same prompts and seed before the first and after the last
-iteration) and pairs them by prompt. ``PRESETS`` are short runs, as data, meant to move
+iteration) and pairs them by prompt; ``paired_between`` pairs two runs' final policies the same way
+(Wu et al. 2023's customisation experiment). ``PRESETS`` are short runs, as data, meant to move
 the weighted component beyond that paired 95 % interval in one run; what each measured
 (``bench/ppo_short.py --preset NAME``) is in docs/benchmarks.md, "Lab presets": ``detox`` runs in
 about 55 s and moved toxicity beyond the interval on the validation prompts in 3 of 3 seeds and on
@@ -101,9 +102,52 @@ def paired_rows(run):
     return paired_table(before, after, keys), names, first, last
 
 
-def table(rows) -> list[dict]:
-    """Rows for ``st.dataframe``: metric, before, after, Δ, 95 % interval, verdict."""
-    return [{"metric": r.metric, "before": round(r.before, 4), "after": round(r.after, 4), "Δ (after − before)": round(r.diff, 4),
+SAME_SAMPLING = ("model_name_or_path", "seed", "temperature", "top_k", "top_p", "max_new_tokens", "max_prompt_tokens",
+                 "chat_template", "eval_samples_k")
+"""run settings two runs must share for their held-out answers to differ only by the policies (``paired_between``)"""
+
+
+def paired_between(run, other):
+    """Two runs' final policies on the same held-out prompts: (rows, components, differing settings), or None.
+
+    Wu et al. 2023's customisation experiment compares policies trained with different reward
+    weights; two lab runs that evaluated the same held-out prompts with the same sampling seed
+    (e.g. the ``qa-relevance`` and ``qa-completeness`` presets) pair by prompt exactly like one
+    run's before and after. "before" is ``other``'s last evaluation, "after" is ``run``'s, so Δ
+    reads "this run minus the other". Components: those either run weighs and both scored, then
+    the weighted total of ``run``'s weights, KL and length. None when fewer than two prompts are
+    shared or a run has no evaluation. differing: the ``SAME_SAMPLING`` settings that differ (the
+    answers then also differ by sampling, which widens the interval but biases nothing).
+    """
+    from core.paired import paired_table
+
+    def last(r):
+        samples = r.eval_samples()
+        if not samples:
+            return []
+        step = max(s.get("step", 0) for s in samples)
+        return [s for s in samples if s.get("step", 0) == step]
+
+    mine, theirs = last(run), last(other)
+    if len({s["prompt"] for s in mine} & {s["prompt"] for s in theirs}) < 2:
+        return None
+    weights, other_weights = run_weights(run), run_weights(other)
+    scored = set(mine[0].get("totals", {})) & set(theirs[0].get("totals", {}))
+    names = [n for n in dict.fromkeys([*weights, *other_weights]) if n in scored and (weights.get(n) or other_weights.get(n))]
+
+    def with_total(rows):
+        return [{**s, "totals": {**s.get("totals", {}),
+                                 WEIGHTED_TOTAL: sum(w * float(s.get("totals", {}).get(n, 0.0)) for n, w in weights.items())}}
+                for s in rows]
+
+    keys = names + ([WEIGHTED_TOTAL] if len(names) > 1 else [])
+    differing = [k for k in SAME_SAMPLING if run.config.get(k) != other.config.get(k)]
+    return paired_table(with_total(theirs), with_total(mine), keys), names, differing
+
+
+def table(rows, before: str = "before", after: str = "after") -> list[dict]:
+    """Rows for ``st.dataframe``: metric, before, after, Δ, 95 % interval, verdict (column names from before / after)."""
+    return [{"metric": r.metric, before: round(r.before, 4), after: round(r.after, 4), f"Δ ({after} − {before})": round(r.diff, 4),
              "95 % interval": "n/a" if r.n < 2 else f"[{r.low:+.4f}, {r.high:+.4f}]",
              "beyond the noise": "yes" if r.beyond_noise else "no", "prompts": r.n} for r in rows]
 
