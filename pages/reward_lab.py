@@ -43,6 +43,8 @@ def preset_picker(names: list[str]):
                         else f"{n}: {lab.PRESETS[n].title}")
     chosen = lab.PRESETS.get(name)
     if chosen is None:
+        st.caption("Without a preset the short PPO is a quick look (3 iterations of 8 prompts): its held-out change is "
+                   "usually within the noise. For a change beyond the noise in about a minute on 2 CPU cores, pick `detox`.")
         return None
     settings = lab.preset_settings(chosen)
     missing = [n for n in chosen.weights if n not in names]
