@@ -72,6 +72,10 @@ def test_lora_layers_puts_adapters_in_the_last_blocks_only(config):
     assert any(".layers.0." in n for n, p in every.named_parameters() if p.requires_grad)  # >= the blocks: all of them
     with pytest.raises(ValueError, match="LoRA layers must be >= 0"):
         apply_lora(load_causal_lm(config.model_name_or_path, device="cpu"), LoraSettings(layers=-1))
+    from core.trainers.common import TrainingError
+
+    with pytest.raises(TrainingError, match="lora_layers must be >= 0"):
+        train_ppo(replace(config, lora_layers=-1))
 
 
 def test_advantages_with_gamma_lambda_one_only_change_up_to_the_reward_token():
