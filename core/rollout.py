@@ -167,10 +167,12 @@ def encode_prompts(tokenizer, prompts: list[str], *, chat_template: bool = False
 @torch.no_grad()
 def generate(policy, tokenizer, prompts: list[str], *, max_new_tokens: int = 24, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, max_prompt_tokens: int | None = 64, min_new_tokens: int = 0,
-             chat_template: bool = False, device=None) -> Rollout:
+             chat_template: bool = False, device=None, generator=None) -> Rollout:
     """Sample one response per raw prompt with the KV cache; returns a Rollout without log-probs.
 
-    The global torch RNG (and the device's) drives sampling: seed it for reproducible rollouts.
+    The global torch RNG (and the device's) drives sampling: seed it for reproducible rollouts;
+    or pass ``generator`` (a ``torch.Generator`` on the policy's device): every token is then
+    drawn from it and the global RNG state is left as it was. temperature 0: greedy (argmax).
     chat_template: format each prompt as a user turn when the tokenizer has a template
     (``format_prompts``); False continues the raw text. Prompts longer than
     max_prompt_tokens keep their LAST tokens. min_new_tokens: EOS is suppressed until a
@@ -191,9 +193,10 @@ def generate(policy, tokenizer, prompts: list[str], *, max_new_tokens: int = 24,
 
     was_training = policy.training
     policy.eval()
+    draw = [] if temperature == 0 else [SamplingProcessor(temperature, top_k, top_p, generator=generator)]
     sequences = policy.generate(  # generate's loop and KV cache; the draw is core.sampling's (same distribution, no sort)
         input_ids=query_ids, attention_mask=query_mask, max_new_tokens=max_new_tokens, do_sample=False,
-        logits_processor=LogitsProcessorList([SamplingProcessor(temperature, top_k, top_p)]), use_cache=True,
+        logits_processor=LogitsProcessorList(draw), use_cache=True,
         eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, min_new_tokens=min_new_tokens or None,
     )  # (B, P + R')
     policy.train(was_training)

@@ -142,26 +142,6 @@ def test_sampling_draws_from_its_own_generator_and_leaves_the_global_rng_alone(t
     assert sample_responses(policy, tok, "Why is the sky blue?", k=3, seed=8, max_new_tokens=5) != first
 
 
-def test_kv_cached_sampler_equals_a_full_forward_loop_with_left_padding(tiny_model_path):
-    """sample_with_generator (KV cache, position ids from the mask) draws what a naive loop over whole sequences draws."""
-    from core.feedback.sampling import sample_with_generator
-    from core.models import load_causal_lm, load_tokenizer
-    from core.rollout import encode_prompts
-
-    tok, policy = load_tokenizer(str(tiny_model_path)), load_causal_lm(str(tiny_model_path), device="cpu")
-    prompts = ["Hi", "Why is the sky blue? Tell me in one line."]  # different lengths: left padding
-    got = sample_with_generator(policy, tok, prompts, torch.Generator().manual_seed(3), max_new_tokens=4, temperature=0.7)
-    ids, mask = encode_prompts(tok, prompts, chat_template=True)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for _ in range(4):
-            logits = policy(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
-            token = torch.multinomial(torch.softmax(logits.float() / 0.7, -1), 1, generator=g)
-            ids, mask = torch.cat([ids, token], 1), torch.cat([mask, torch.ones_like(token)], 1)
-    naive = ids[:, -4:].tolist()
-    assert [row == naive[i][: len(row)] for i, row in enumerate(got)] == [True, True] and any(len(r) == 4 for r in got)
-
-
 def test_the_studio_trains_in_a_child_process(db, tiny_model_path, tmp_path):
     """train_in_child_process: the result comes back from another pid, the server's global RNG is untouched, the
     features are kept for the next training's process, and a failed child is its one-line message."""

@@ -78,6 +78,15 @@ def test_lora_layers_puts_adapters_in_the_last_blocks_only(config):
         train_ppo(replace(config, lora_layers=-1))
 
 
+def test_a_temperature_of_zero_is_refused_before_the_run_starts(config, tmp_path):
+    from dataclasses import replace
+
+    from core.trainers.common import TrainingError
+
+    with pytest.raises(TrainingError, match="temperature must be > 0"):  # greedy decoding has no log-probs to ratio
+        train_ppo(replace(config, temperature=0.0))
+
+
 def test_advantages_with_gamma_lambda_one_only_change_up_to_the_reward_token():
     torch.manual_seed(0)
     B, T, t = 2, 7, 3

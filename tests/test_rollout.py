@@ -49,6 +49,23 @@ def test_generate_with_chat_template_keeps_raw_prompts_and_samples_after_the_ass
         assert tokenizer.decode(ro.query_ids[b][ro.query_mask[b].bool()]) == text
 
 
+def test_generate_with_a_generator_leaves_the_global_rng_alone_and_temperature_zero_is_greedy(tiny_model, tokenizer):
+    state = torch.get_rng_state()
+    draw = lambda seed: generate(tiny_model, tokenizer, PROMPTS, max_new_tokens=5, temperature=0.7,  # noqa: E731
+                                 generator=torch.Generator().manual_seed(seed)).response_ids
+    first = draw(3)
+    assert torch.equal(torch.get_rng_state(), state)  # every token came from the generator
+    torch.rand(10)
+    assert torch.equal(draw(3), first) and not torch.equal(draw(4), first)
+    greedy = generate(tiny_model, tokenizer, PROMPTS, max_new_tokens=5, temperature=0.0)
+    enc_ids, enc_mask = greedy.query_ids, greedy.query_mask
+    expected = tiny_model.generate(input_ids=enc_ids, attention_mask=enc_mask, max_new_tokens=5, do_sample=False,
+                                   pad_token_id=tokenizer.pad_token_id)[:, enc_ids.shape[1]:]
+    R = greedy.response_ids.shape[1]
+    mask = greedy.response_mask.bool()
+    assert torch.equal(greedy.response_ids[mask], expected[:, :R][mask])
+
+
 def test_first_ppo_ratio_is_exactly_one_for_a_model_with_dropout(tiny_model_path, tokenizer, tmp_path):
     from core.trainers.ppo import PPOConfig, build_models
 

@@ -12,10 +12,9 @@ What it is:
   responses whether it runs in one go or resumes after a crash (``fill_project``).
   Empty samples (an immediate end-of-sequence) are redrawn up to ``retries`` times.
 
-Prompts are formatted as ``core.rollout.generate`` formats them (``encode_prompts``: a user
-turn for instruct models, the same text PPO and the explorer sample from), but the tokens are
-drawn by ``sample_with_generator``: a KV-cached loop whose ``torch.multinomial`` takes the
-item's own ``torch.Generator``. The studio samples in a thread of the app's server, where
+Responses are sampled by ``core.rollout.generate`` (a user turn for instruct models, the same
+text PPO and the explorer sample from) with the item's own ``torch.Generator``, which
+``core.sampling`` draws every token from. The studio samples in a thread of the app's server, where
 ``torch.manual_seed`` would reseed the one process-wide generator that every other session's
 sampling draws from (and their draws would shift this project's samples); a local generator
 leaves the global RNG state untouched and the samples fixed by the seed alone.
@@ -97,75 +96,13 @@ def item_seed(project_seed: int, position: int) -> int:
 # ----------------------------------------------------------------------------- the policy call site
 
 
-def torch_no_grad(fn):
-    """``torch.no_grad()`` around ``fn``, importing torch at the call (this module is imported by the page)."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        import torch
-
-        with torch.no_grad():
-            return fn(*args, **kwargs)
-
-    return wrapped
-
-
-@torch_no_grad
-def sample_with_generator(policy, tokenizer, prompts: list[str], generator, max_new_tokens: int, temperature: float = 1.0,
-                          min_new_tokens: int = 0, max_prompt_tokens: int | None = 64) -> list[list[int]]:
-    """Sampled response token ids per prompt (up to, not including, the first EOS), drawn from ``generator`` only.
-
-    The KV-cached loop of ``policy.generate(do_sample=True)`` without top-k / top-p:
-    logits (B, V) of the last position, / temperature (0: greedy), EOS masked until
-    ``min_new_tokens`` tokens, then one ``torch.multinomial(probs, 1, generator=generator)``.
-    Left padding is handled with position ids = cumsum(mask) - 1, as ``generate`` does.
-    """
-    import torch
-
-    from core.rollout import encode_prompts, eos_token_ids
-
-    device = next(policy.parameters()).device
-    ids, mask = encode_prompts(tokenizer, list(prompts), chat_template=True, max_prompt_tokens=max_prompt_tokens)
-    ids, mask = ids.to(device), mask.to(device)  # (B, P)
-    eos = torch.tensor(eos_token_ids(tokenizer, policy), device=device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
-    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)  # (B,)
-    out, past, step_ids = [], None, ids
-    was_training = policy.training
-    policy.eval()
-    try:
-        for t in range(max_new_tokens):
-            o = policy(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
-            past = o.past_key_values
-            logits = o.logits[:, -1, :].float()  # (B, V)
-            if t < min_new_tokens:
-                logits[:, eos] = float("-inf")
-            if temperature > 0:
-                token = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)  # (B, 1)
-            else:
-                token = logits.argmax(-1, keepdim=True)
-            token = torch.where(finished.unsqueeze(1), torch.full_like(token, int(eos[0])), token)
-            out.append(token)
-            finished |= torch.isin(token.squeeze(1), eos)
-            if finished.all():
-                break
-            step_ids, positions = token, positions[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-    finally:
-        policy.train(was_training)
-    if not out:
-        return [[] for _ in prompts]
-    tokens = torch.cat(out, dim=1).tolist()  # (B, R)
-    eos_set = set(eos.tolist())
-    return [row[: next((i for i, x in enumerate(row) if x in eos_set), len(row))] for row in tokens]
-
-
 def _generate(policy, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float, generator) -> list[str]:
     """Decoded sampled responses, one per prompt (each prompt as a user turn when the model has a chat template)."""
-    rows = sample_with_generator(policy, tokenizer, prompts, generator, max_new_tokens, temperature,
-                                 min_new_tokens=min(2, max_new_tokens))
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
+    from core.rollout import generate, response_texts
+
+    rollout = generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                       min_new_tokens=min(2, max_new_tokens), chat_template=True, generator=generator)
+    return [text.strip() for text in response_texts(tokenizer, rollout)]
 
 
 def sample_responses(policy, tokenizer, prompt: str, k: int, seed: int, max_new_tokens: int = 48,

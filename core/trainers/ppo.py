@@ -225,6 +225,9 @@ def train_ppo(config: PPOConfig, on_log=None, *, run: Run | None = None, extra_r
         raise TrainingError("batch_size must be a multiple of minibatch_size, and minibatch_size of gradient_accumulation_steps")
     if not 0 <= config.min_new_tokens <= config.max_new_tokens:
         raise TrainingError(f"min_new_tokens must be in [0, max_new_tokens={config.max_new_tokens}], got {config.min_new_tokens}")
+    if not config.temperature > 0:
+        raise TrainingError(f"temperature must be > 0 (PPO's log-probs are of the tempered sampling distribution), "
+                            f"got {config.temperature}")
     if config.lora_layers < 0:
         raise TrainingError(f"lora_layers must be >= 0 (0: adapters in every block), got {config.lora_layers}")
     trackers = available_trackers(config.trackers)
