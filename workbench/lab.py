@@ -11,8 +11,9 @@ iteration) and pairs them by prompt; ``paired_between`` pairs two runs' final po
 the weighted component beyond that paired 95 % interval in one run; what each measured
 (``bench/ppo_short.py --preset NAME``) is in docs/benchmarks.md, "Lab presets": ``detox`` runs in
 about 55 s and moved toxicity beyond the interval on the validation prompts in 3 of 3 seeds and on
-its 48 held-out prompts; ``qa-relevance`` shortens answers and raises C1 beyond it,
-``qa-completeness`` does not lengthen them; the QA presets take about 150 s.
+its 48 held-out prompts; ``qa-relevance`` raises C1 and shortens answers beyond it,
+``qa-completeness`` raises C3 beyond it (its answers are longer than ``qa-relevance``'s, paired
+with ``paired_between``); the QA presets take about 200 s.
 
 What it leaves out: drawing (the page), the statistics themselves (``core.paired``).
 """
@@ -175,7 +176,7 @@ _DETOX = {"prompts": "rude-openings", "num_prompts": 32, "eval_prompts": 48, "ev
           "max_new_tokens": 16, "temperature": 0.7, "top_p": 0.9, "cpu_bf16": True}
 _QA = {"prompts": "qa-feedback", "num_prompts": 24, "eval_prompts": 12, "eval_samples_k": 2, "num_iterations": 4,
        "batch_size": 8, "minibatch_size": 8, "ppo_epochs": 2, "learning_rate": 1e-3, "lora_r": 16,
-       "max_new_tokens": 64, "max_prompt_tokens": 160, "temperature": 0.7, "top_p": 0.9, "cpu_bf16": True}
+       "max_new_tokens": 96, "max_prompt_tokens": 160, "temperature": 0.7, "top_p": 0.9, "cpu_bf16": True}
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("detox", "Less toxicity when asked to finish a profane sentence", {"toxicity_token": 1.0}, 0.02, _DETOX,
@@ -183,10 +184,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "the held-out answers repeat less of the opening's swearing"),
     Preset("qa-completeness", "QA-Feedback: completeness (C3) over relevance (C1)",
            {"preference_c3": 1.0, "finegrained_c1": 0.2}, 0.02, _QA,
-           "answers get longer (Wu et al. 2023: a heavier completeness weight lengthens answers)", needs_data=True),
+           "preference_c3 rises; against the qa-relevance run's final policy (\"Against\" below) answers are longer "
+           "(Wu et al. 2023: a heavier completeness weight lengthens answers)", needs_data=True),
     Preset("qa-relevance", "QA-Feedback: relevance (C1) over completeness (C3)",
            {"finegrained_c1": 1.0, "preference_c3": 0.2}, 0.02, _QA,
-           "answers get shorter (Wu et al. 2023: a heavier relevance weight shortens answers)", needs_data=True),
+           "finegrained_c1 rises and answers get shorter (Wu et al. 2023: a heavier relevance weight shortens answers)",
+           needs_data=True),
 )}
 
 
