@@ -38,14 +38,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,12 +113,6 @@ class Sampler(threading.Thread):
 # ----------------------------------------------------------------------------- the server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def reward_model_store(folder: Path, model: str) -> Path:
     """A reward-model store with one untrained holistic RM on ``model``: the explorer scores with it and its RED form."""
     from core.models import load_reward_model, load_tokenizer
@@ -133,37 +123,11 @@ def reward_model_store(folder: Path, model: str) -> Path:
     return folder
 
 
-def start_server(work: Path, model: str, train_model: str, port: int) -> subprocess.Popen:
+def server_env(work: Path, model: str, train_model: str) -> dict:
     short = {"ppo": {"model_name_or_path": train_model}} if train_model else {}
-    env = dict(os.environ, RLHF_WORKBENCH_MODEL=model, RLHF_WORKBENCH_RUNS=str(work / "runs"),
-               RLHF_WORKBENCH_REWARD_MODELS=str(work / "reward_models"), RLHF_WORKBENCH_SHORT=json.dumps(short),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    log = open(work / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "workbench/app.py", "--server.port", str(port),
-                             "--server.fileWatcherType", "none"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 120
-    while True:
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).status == 200:
-                return proc
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            raise RuntimeError(f"streamlit did not start; see {work / 'server.log'}")
-        time.sleep(0.3)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)  # anything it started that outlived it
-    except ProcessLookupError:
-        pass
+    return dict(os.environ, RLHF_WORKBENCH_MODEL=model, RLHF_WORKBENCH_RUNS=str(work / "runs"),
+                RLHF_WORKBENCH_REWARD_MODELS=str(work / "reward_models"), RLHF_WORKBENCH_SHORT=json.dumps(short),
+                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
 
 # ----------------------------------------------------------------------------- driving the pages
@@ -270,52 +234,53 @@ def main(argv=None) -> int:
         return 2
     from playwright.sync_api import sync_playwright
 
+    from workbench.local_server import local_server
+
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="server-memory-") as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         reward_model_store(work / "reward_models", args.model)
-        port = free_port()
         t0 = time.time()
-        proc = start_server(work, args.model, args.train_model, port)
-        sampler = Sampler(proc.pid)
-        sampler.start()
-        time.sleep(1.0)
+        with local_server(server_env(work, args.model, args.train_model), work / "server.log", start_timeout=120,
+                          stop_timeout=15) as server:
+            proc, url = server.proc, server.url
+            sampler = Sampler(proc.pid)
+            sampler.start()
+            time.sleep(1.0)
 
-        def mark(event: str, children: bool = False) -> None:
-            time.sleep(0.5)  # one more sample after the page settled
-            row = {"event": event, "t": round(time.time() - t0, 1), "server_mb": rss(proc.pid) / MB,
-                   "server_peak_mb": sampler.peak / MB,
-                   "children_peak_mb": sampler.phase_child_peak / MB if children else None}
-            rows.append(row)
-            kids = f"{row['children_peak_mb']:>9.0f}" if children else f"{'':>9}"
-            print(f"{row['t']:>7.1f} {row['server_mb']:>9.0f} {row['server_peak_mb']:>9.0f} {kids}  {event}", flush=True)
+            def mark(event: str, children: bool = False) -> None:
+                time.sleep(0.5)  # one more sample after the page settled
+                row = {"event": event, "t": round(time.time() - t0, 1), "server_mb": rss(proc.pid) / MB,
+                       "server_peak_mb": sampler.peak / MB,
+                       "children_peak_mb": sampler.phase_child_peak / MB if children else None}
+                rows.append(row)
+                kids = f"{row['children_peak_mb']:>9.0f}" if children else f"{'':>9}"
+                print(f"{row['t']:>7.1f} {row['server_mb']:>9.0f} {row['server_peak_mb']:>9.0f} {kids}  {event}", flush=True)
 
-        print(f"server pid {proc.pid} on 127.0.0.1:{port}; sidebar model {args.model}; trainings on "
-              f"{args.train_model or args.model}; load average {os.getloadavg()[0]:.1f}")
-        print(f"{'t (s)':>7} {'RSS MB':>9} {'peak MB':>9} {'train MB':>9}  event (train MB: the training processes' peak)")
-        mark("server started (no session yet)")
-        try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-                page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
-                page.set_default_timeout(300_000)
-                page.goto(f"http://127.0.0.1:{port}/")
-                page.wait_for_selector("h1:has-text('RLHF Workbench')")
-                settle(page)
-                mark("home page drawn")
-                url = f"http://127.0.0.1:{port}"
-                explorer(page, url, args.scorings, mark)
-                trainings(page, url, args.trainings, mark, sampler)
-                if args.trainings:
-                    curves(page, url, mark)
-                browser.close()
-            time.sleep(3.0)
-            mark("browser closed (session ended), 3 s later")
-        finally:
-            sampler.stop_event.set()
-            sampler.join(5)
-            stop_server(proc)
+            print(f"server pid {proc.pid} on {url}; sidebar model {args.model}; trainings on "
+                  f"{args.train_model or args.model}; load average {os.getloadavg()[0]:.1f}")
+            print(f"{'t (s)':>7} {'RSS MB':>9} {'peak MB':>9} {'train MB':>9}  event (train MB: the training processes' peak)")
+            mark("server started (no session yet)")
+            try:
+                with sync_playwright() as p:
+                    browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                    page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+                    page.set_default_timeout(300_000)
+                    page.goto(url + "/")
+                    page.wait_for_selector("h1:has-text('RLHF Workbench')")
+                    settle(page)
+                    mark("home page drawn")
+                    explorer(page, url, args.scorings, mark)
+                    trainings(page, url, args.trainings, mark, sampler)
+                    if args.trainings:
+                        curves(page, url, mark)
+                    browser.close()
+                time.sleep(3.0)
+                mark("browser closed (session ended), 3 s later")
+            finally:
+                sampler.stop_event.set()
+                sampler.join(5)
     warm = next(r for r in rows if "warm-up" in r["event"])
     after_scoring = [r for r in rows if r["event"].startswith("explorer:")][-1]
     kids = [r["children_peak_mb"] for r in rows if r["children_peak_mb"] is not None]

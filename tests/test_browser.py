@@ -21,10 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -49,12 +45,6 @@ if not Path(CHROMIUM).is_file():
     pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (as root: apt-get install -y chromium); "
                 "the tests never run `playwright install`", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tiny_reward_model_store(folder: Path, tiny_model_path) -> Path:
@@ -92,43 +82,13 @@ def _streamlit(tmp_path_factory, base: dict | None = None, cwd: Path = ROOT, add
 
     ``cwd``: the folder it is started from (the project root reads .streamlit/config.toml); ``address``: the
     ``--server.address`` flag (None: no flag, Streamlit's default of every interface unless the config says otherwise)."""
-    port = _free_port()
+    from workbench.local_server import local_server
+
     env = dict(base if base is not None else os.environ, RLHF_WORKBENCH_MODEL="tiny-random-llama", RLHF_WORKBENCH_SHORT=json.dumps(SHORT),
                RLHF_WORKBENCH_RUNS=str(tmp_path_factory.mktemp("browser_runs")), HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
-    log = open(tmp_path_factory.mktemp("streamlit") / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "workbench" / "app.py"),
-         *(["--server.address", address] if address else []),
-         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the trainings and JupyterLab it starts end with it
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"streamlit did not start; see {log.name}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # anything it started that outlived it
-        except ProcessLookupError:
-            pass
-        log.close()
+    with local_server(env, tmp_path_factory.mktemp("streamlit") / "server.log", cwd=cwd, address=address) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
