@@ -76,6 +76,13 @@ def run_weights(run) -> dict[str, float]:
         return {n: 1.0 for n in names}
 
 
+def with_weighted_total(samples: list[dict], weights: dict[str, float]) -> list[dict]:
+    """The samples with one more total, ``WEIGHTED_TOTAL`` = Σ_k w_k Σ_t r_k,t (a component a sample lacks counts 0)."""
+    return [{**s, "totals": {**s.get("totals", {}),
+                             WEIGHTED_TOTAL: sum(w * float(s.get("totals", {}).get(n, 0.0)) for n, w in weights.items())}}
+            for s in samples]
+
+
 def paired_rows(run):
     """(rows: list of core.paired.PairedChange, components: the weighted names, first step, last step), or None.
 
@@ -90,15 +97,9 @@ def paired_rows(run):
         return None
     weights = run_weights(run)
     names = [n for n, w in weights.items() if w]
-
-    def with_total(rows):
-        return [{**s, "totals": {**s.get("totals", {}),
-                                 WEIGHTED_TOTAL: sum(w * float(s.get("totals", {}).get(n, 0.0)) for n, w in weights.items())}}
-                for s in rows]
-
     first, last = steps[0], steps[-1]
-    before = with_total([s for s in samples if s.get("step") == first])
-    after = with_total([s for s in samples if s.get("step") == last])
+    before = with_weighted_total([s for s in samples if s.get("step") == first], weights)
+    after = with_weighted_total([s for s in samples if s.get("step") == last], weights)
     keys = names + ([WEIGHTED_TOTAL] if len(names) > 1 else [])
     return paired_table(before, after, keys), names, first, last
 
@@ -135,15 +136,9 @@ def paired_between(run, other):
     weights, other_weights = run_weights(run), run_weights(other)
     scored = set(mine[0].get("totals", {})) & set(theirs[0].get("totals", {}))
     names = [n for n in dict.fromkeys([*weights, *other_weights]) if n in scored and (weights.get(n) or other_weights.get(n))]
-
-    def with_total(rows):
-        return [{**s, "totals": {**s.get("totals", {}),
-                                 WEIGHTED_TOTAL: sum(w * float(s.get("totals", {}).get(n, 0.0)) for n, w in weights.items())}}
-                for s in rows]
-
     keys = names + ([WEIGHTED_TOTAL] if len(names) > 1 else [])
     differing = [k for k in SAME_SAMPLING if run.config.get(k) != other.config.get(k)]
-    return paired_table(with_total(theirs), with_total(mine), keys), names, differing
+    return paired_table(with_weighted_total(theirs, weights), with_weighted_total(mine, weights), keys), names, differing
 
 
 def table(rows, before: str = "before", after: str = "after") -> list[dict]:

@@ -113,10 +113,9 @@ def has_learned_models() -> bool:
 def build_component(name: str, source: str, ref: str = ""):
     """The RewardComponent behind a ComponentInfo (cached per server, never mutated)."""
     if source == "toxicity":
-        from core.rewards.toxicity import HolisticToxicityReward, SentenceToxicityReward, TokenToxicityReward
+        from core.rewards.toxicity import reward_class
 
-        cls = {"toxicity": HolisticToxicityReward, "toxicity_token": TokenToxicityReward}.get(name, SentenceToxicityReward)
-        return cls(scorer=_profanity(), name=name)
+        return reward_class(name)(scorer=_profanity(), name=name)
     from core.rewards import store
 
     if source == "store":

@@ -20,7 +20,8 @@ What it is:
   ``TokenToxicityReward`` is the same telescoping sum over the policy's tokens (each
   token's change of the scorer's output when it is appended: the redistributed, RED-style
   view of the scorer, Li et al. 2024), so the penalty lands on the word that made the text
-  toxic. All three implement ``core.rewards.tensor.RewardComponent``.
+  toxic. All three implement ``core.rewards.tensor.RewardComponent``; ``reward_class``
+  maps a built-in reward name to its class (the trainers and the app both use it).
 
 What it leaves out: Perspective API (the paper's scorer; needs a network key),
 calibration of the two scorers against each other.
@@ -268,6 +269,16 @@ class TokenToxicityReward(SentenceToxicityReward):
 
     def __init__(self, scorer=None, name: str = "toxicity_token"):
         super().__init__(scorer, name)
+
+
+def reward_class(name: str):
+    """The RewardComponent class of a built-in toxicity reward name: ``toxicity`` (holistic),
+    ``toxicity_sentence`` or ``toxicity_token``, each also with ``_minilm`` (the scorer differs, not the class)."""
+    if name.startswith("toxicity_sentence"):
+        return SentenceToxicityReward
+    if name.startswith("toxicity_token"):
+        return TokenToxicityReward
+    return HolisticToxicityReward
 
 
 @entry_point

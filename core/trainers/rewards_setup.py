@@ -153,12 +153,10 @@ def load_function(spec: str):
 
 
 def _toxicity(name: str):
-    from core.rewards.toxicity import HolisticToxicityReward, MiniLMToxicity, SentenceToxicityReward, TokenToxicityReward
+    from core.rewards.toxicity import MiniLMToxicity, reward_class
 
     scorer = MiniLMToxicity() if name.endswith("_minilm") else None
-    cls = (SentenceToxicityReward if name.startswith("toxicity_sentence") else TokenToxicityReward
-           if name.startswith("toxicity_token") else HolisticToxicityReward)
-    return cls(scorer=scorer, name=name)
+    return reward_class(name)(scorer=scorer, name=name)
 
 
 def _reward_model(name: str, folder: str, redistributed: bool):
